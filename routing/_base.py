@@ -1,0 +1,207 @@
+"""The decision interface shared by every policy, and the fitting logic they share (scikit-learn style).
+
+A policy is given the current estimates of one query and the models that have answered; it returns
+a ``Decision``: run model i next, or stop and return the answer of model j. Fitted state (``lambdas_``,
+``gamma_``) ends in an underscore; ``decide`` starts with ``check_is_fitted``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from routing._estimates import Estimates, EstimateSource
+from routing._lambda_search import Strategy, fit_lambdas
+from routing._simulate import rollout, validate_ground_truth
+from routing._supermodel_search import Decision
+
+__all__ = ["NotFittedError", "Policy", "check_is_fitted"]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+IntArray = NDArray[np.intp]
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a policy is used before ``fit`` (as scikit-learn's exception of the same name)."""
+
+
+def check_is_fitted(policy: object) -> None:
+    """Raise ``NotFittedError`` unless ``policy`` has fitted attributes (names ending in ``_``)."""
+    if not any(k.endswith("_") and not k.startswith("__") for k in vars(policy)):
+        raise NotFittedError(
+            f"This {type(policy).__name__} instance is not fitted yet. Call 'fit' with a budget, "
+            "or build it with 'from_lambdas'."
+        )
+
+
+class Policy(ABC):
+    """Base of routing, cascades and cascade routing.
+
+    Subclasses set ``max_expected_cost`` (the budget, average cost per query), ``strategy``,
+    ``n_search`` and ``seed`` in ``__init__`` and implement ``n_steps``, ``_decide_batch`` and
+    ``_decide_one``.
+    """
+
+    max_expected_cost: float | None
+    strategy: Strategy
+    n_search: int
+    seed: int
+    # Steps whose multiplier has no effect (a cascade always runs its first model).
+    _first_free_step = 0
+
+    # -- scikit-learn parameter protocol ----------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        import inspect
+
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> Policy:
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- what subclasses provide ----------------------------------------------------------------
+    @abstractmethod
+    def n_steps(self, n_models: int) -> int:
+        """Number of per-step multipliers for ``n_models`` models."""
+
+    @abstractmethod
+    def _decide_batch(
+        self,
+        est: Estimates,
+        answered: BoolArray,
+        rows: IntArray,
+        step: int,
+        lambdas: FloatArray,
+        expensive_tie: bool | float,
+        rng: np.random.Generator | None,
+        cache: dict[int, float] | None,
+    ) -> tuple[IntArray, IntArray]:
+        """Decisions for a batch at the same step: (run_next with -1 = stop, answer_from)."""
+
+    def _lambda_scale(self, cost: FloatArray) -> float:
+        """A multiplier at which cost dominates quality differences: the bisection's first bracket."""
+        return 1.0 / max(float(np.mean(cost)), 1e-12)
+
+    # -- fitting ----------------------------------------------------------------------------------
+    def fit(self, X: EstimateSource, quality: FloatArray, cost: FloatArray) -> Policy:
+        """Fit lambdas and gamma so the average validation cost is at most ``max_expected_cost``.
+
+        Parameters
+        ----------
+        X : EstimateSource
+            Estimates for the validation queries.
+        quality, cost : ndarray of shape (n_queries, n_models)
+            Ground-truth quality and cost of every model on those queries (models sorted by cost).
+        """
+        quality = np.asarray(quality, dtype=np.float64)
+        cost = np.asarray(cost, dtype=np.float64)
+        validate_ground_truth(X, quality, cost)
+        budget = self.max_expected_cost
+        if budget is None:
+            raise ValueError(f"{type(self).__name__} needs max_expected_cost to fit (or use from_lambdas)")
+        cheapest = float(cost.mean(axis=0).min())
+        if not np.isfinite(budget) or budget < cheapest:
+            raise ValueError(
+                f"max_expected_cost={budget!r} is below the cheapest model's average cost {cheapest:.6g}"
+            )
+        n_models = quality.shape[1]
+        cache: dict[int, float] = {}
+
+        def evaluate(lambdas: FloatArray, expensive: bool) -> tuple[float, float]:
+            result = rollout(self, X, quality, cost, lambdas=lambdas, expensive_tie=expensive, cache=cache)
+            return result.mean_cost, result.mean_quality
+
+        fitted = fit_lambdas(
+            evaluate,
+            n_steps=self.n_steps(n_models),
+            budget=float(budget),
+            lambda_scale=self._lambda_scale(cost),
+            strategy=self.strategy,
+            first_free_step=self._first_free_step,
+            n_search=self.n_search,
+            rng=np.random.default_rng(self.seed),
+        )
+        self.n_models_ = n_models
+        self.lambdas_ = fitted.lambdas
+        self.gamma_ = fitted.gamma
+        self.fit_cost_ = fitted.cost
+        self.fit_quality_ = fitted.quality
+        self.n_fit_evaluations_ = fitted.n_evaluations
+        return self
+
+    @classmethod
+    def from_lambdas(cls, lambdas: Any, *, gamma: float = 0.0, **params: Any) -> Policy:
+        """A ready policy with given multipliers (e.g. from a config file or a per-request knob)."""
+        policy = cls(**params)
+        lam = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
+        if lam.ndim != 1 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+            raise ValueError(f"lambdas must be finite and non-negative, got {lambdas!r}")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        policy.lambdas_ = lam
+        policy.gamma_ = float(gamma)
+        return policy
+
+    def _resolve_lambdas(self, lambdas: FloatArray | None) -> FloatArray:
+        if lambdas is not None:
+            return np.asarray(lambdas, dtype=np.float64)
+        check_is_fitted(self)
+        fitted: FloatArray = self.lambdas_
+        return fitted
+
+    def _resolve_gamma(self) -> float:
+        check_is_fitted(self)
+        return float(self.gamma_)
+
+    # -- the decision interface -------------------------------------------------------------------
+    def decide(
+        self,
+        estimates: Estimates,
+        answered: BoolArray,
+        *,
+        rng: np.random.Generator | None = None,
+        lambdas: FloatArray | None = None,
+    ) -> Decision:
+        """Next step for one query.
+
+        Parameters
+        ----------
+        estimates : Estimates
+            Current estimates of this query (``n_queries == 1``), given the answers so far.
+        answered : ndarray of shape (n_models,), bool
+            Models that have answered.
+        rng : numpy.random.Generator, optional
+            Draws the gamma tie-break, only when a tie occurs. Default: a generator seeded with
+            ``seed`` (so the same seed gives the same decisions).
+        lambdas : ndarray, optional
+            Per-request multipliers overriding the fitted ones.
+        """
+        lam = self._resolve_lambdas(lambdas)
+        gamma = float(self.gamma_) if hasattr(self, "gamma_") else 0.0
+        answered = np.asarray(answered, dtype=bool)
+        if estimates.n_queries != 1:
+            raise ValueError(f"decide takes the estimates of one query, got {estimates.n_queries}")
+        if answered.shape != (estimates.n_models,):
+            raise ValueError(f"answered has shape {answered.shape}, expected ({estimates.n_models},)")
+        if rng is None:
+            rng = np.random.default_rng(self.seed)
+        step = int(answered.sum())
+        run_next, answer_from = self._decide_batch(
+            estimates, answered[None, :], np.zeros(1, dtype=np.intp), step, lam, gamma, rng, None
+        )
+        if run_next[0] >= 0:
+            return Decision(int(run_next[0]), None)
+        return Decision(None, int(answer_from[0]) if answer_from[0] >= 0 else None)

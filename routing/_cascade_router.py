@@ -1,0 +1,192 @@
+"""Algorithm 3: cascade routing, and Algorithm 2 (the optimal cascade) as its prefix special case.
+
+After every answer, re-estimate and pick the supermodel S ⊇ R maximising E[max_S] - lambda_j c(S);
+stop if S* = R, else run the cheapest model of S* \\ R (algorithm-spec §4). Restricting candidates to
+prefixes of the cost order gives the optimal cascade (§3.2); ``max_depth=1`` gives routing (§2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from routing._base import Policy
+from routing._estimates import Estimates
+from routing._expected_max import DEFAULT_QMC_POINTS
+from routing._lambda_search import Strategy
+from routing._supermodel_search import DEFAULT_TIE_TOL, Order, search_supermodel
+
+__all__ = ["CascadeRouter", "OptimalCascade"]
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+IntArray = NDArray[np.intp]
+
+
+class _SupermodelPolicy(Policy):
+    """Shared batch loop of the two supermodel policies."""
+
+    max_depth: int | None
+    tie_tol: float
+    n_qmc_points: int
+    _order: Order
+    _greedy: bool
+    _prune: bool
+
+    def n_steps(self, n_models: int) -> int:
+        return n_models if self.max_depth is None else min(self.max_depth, n_models)
+
+    def _decide_batch(
+        self,
+        est: Estimates,
+        answered: BoolArray,
+        rows: IntArray,
+        step: int,
+        lambdas: FloatArray,
+        expensive_tie: bool | float,
+        rng: np.random.Generator | None,
+        cache: dict[int, float] | None,
+    ) -> tuple[IntArray, IntArray]:
+        n, n_models = answered.shape
+        run_next = np.full(n, -1, dtype=np.intp)
+        answer = np.full(n, -1, dtype=np.intp)
+        depth = min(lambdas.shape[0], n_models)
+        lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
+        state_keys = None
+        if cache is not None:
+            bits = answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))
+            state_keys = (rows.astype(object) << n_models) | bits.astype(object)
+        for i in range(n):
+            decision = search_supermodel(
+                est.q_mean[i],
+                est.cost[i],
+                answered[i],
+                lam,
+                var=None if est.q_var is None else est.q_var[i],
+                cov=None if est.q_cov is None else est.q_cov[i],
+                max_depth=depth,
+                order=self._order,
+                greedy=self._greedy,
+                prune=self._prune,
+                expensive_tie=expensive_tie,
+                rng=rng,
+                tie_tol=self.tie_tol,
+                n_qmc_points=self.n_qmc_points,
+                seed=self.seed,
+                cache=cache,
+                state_key=0 if state_keys is None else int(state_keys[i]),
+            )
+            if decision.run_next is not None:
+                run_next[i] = decision.run_next
+            elif decision.answer_from is not None:
+                answer[i] = decision.answer_from
+        return run_next, answer
+
+
+class CascadeRouter(_SupermodelPolicy):
+    """Cascade routing (Alg. 3): after each answer, pick the best supermodel; run its cheapest new model.
+
+    Parameters
+    ----------
+    max_expected_cost : float, optional
+        Budget: average cost per query on the validation set. Needed by ``fit``.
+    max_depth : int, optional
+        At most this many models per query (the paper uses 5 on RouterBench).
+    force_order : bool
+        Only models above the most expensive one run so far may be added.
+    greedy : bool
+        One-step lookahead: compare "stop" with "add one model" only.
+    prune : bool
+        Lemma-1 pruning plus branch and bound (exact; off = full enumeration, for ablations).
+    strategy : {"per_step", "constant"}
+        How lambdas are fitted (``routing._lambda_search``).
+    n_search : int
+        Evaluations of the per-step search.
+    tie_tol : float
+        Scores closer than this are ties.
+    n_qmc_points : int
+        QMC points for correlated sets of three or more.
+    seed : int
+        Seeds the per-step search, the QMC scrambling and the default tie-break rng.
+
+    Attributes
+    ----------
+    lambdas_ : ndarray of shape (n_steps,)
+        lambda_j is used after j models have answered.
+    gamma_ : float
+        Probability of the most expensive of tied best supermodels.
+    fit_cost_, fit_quality_ : float
+        Validation average cost and quality at the fitted lambdas (cheapest ties).
+    """
+
+    _first_free_step = 0
+
+    def __init__(
+        self,
+        *,
+        max_expected_cost: float | None = None,
+        max_depth: int | None = None,
+        force_order: bool = False,
+        greedy: bool = False,
+        prune: bool = True,
+        strategy: Strategy = "per_step",
+        n_search: int = 24,
+        tie_tol: float = DEFAULT_TIE_TOL,
+        n_qmc_points: int = DEFAULT_QMC_POINTS,
+        seed: int = 0,
+    ) -> None:
+        self.max_expected_cost = max_expected_cost
+        self.max_depth = max_depth
+        self.force_order = force_order
+        self.greedy = greedy
+        self.prune = prune
+        self.strategy = strategy
+        self.n_search = n_search
+        self.tie_tol = tie_tol
+        self.n_qmc_points = n_qmc_points
+        self.seed = seed
+
+    @property
+    def _order(self) -> Order:  # type: ignore[override]
+        return "forward" if self.force_order else "any"
+
+    @property
+    def _greedy(self) -> bool:  # type: ignore[override]
+        return self.greedy
+
+    @property
+    def _prune(self) -> bool:  # type: ignore[override]
+        return self.prune
+
+
+class OptimalCascade(_SupermodelPolicy):
+    """The optimal cascade (Alg. 2): models in cost order; after each answer, stop or go on by
+    comparing the prefix supermodels' E[max] - lambda_j cost.
+
+    Parameters and attributes as ``CascadeRouter`` (no ordering, greedy or pruning options: the
+    paper runs cascades without pruning). lambda_0 has no effect: the first model always runs.
+    """
+
+    _first_free_step = 1
+    _order: Order = "prefix"
+    _greedy = False
+    _prune = False
+
+    def __init__(
+        self,
+        *,
+        max_expected_cost: float | None = None,
+        max_depth: int | None = None,
+        strategy: Strategy = "per_step",
+        n_search: int = 24,
+        tie_tol: float = DEFAULT_TIE_TOL,
+        n_qmc_points: int = DEFAULT_QMC_POINTS,
+        seed: int = 0,
+    ) -> None:
+        self.max_expected_cost = max_expected_cost
+        self.max_depth = max_depth
+        self.strategy = strategy
+        self.n_search = n_search
+        self.tie_tol = tie_tol
+        self.n_qmc_points = n_qmc_points
+        self.seed = seed
