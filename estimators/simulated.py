@@ -25,12 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted
-
-from sklearn.utils.validation import validate_data as _validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data as _validate_data
 
 from routing import TableEstimates
-
 
 __all__ = [
     "NOISE_LEVELS",

@@ -1,0 +1,134 @@
+"""The ``cascade`` command line: one entry point, one subcommand per job.
+
+    cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
+
+Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+# The shared benchmark folder sits beside the repository checkout (../shared/data/routerbench).
+_DEFAULT_ROUTERBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description="cascade-serve: cascade routing for local LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="offline evaluations of the routing policies")
+    ev_sub = ev.add_subparsers(dest="benchmark", required=True)
+    rb = ev_sub.add_parser(
+        "routerbench",
+        help="the paper's RouterBench protocol: AUC of every policy under simulated estimator noise",
+        description="Fit routing, threshold cascade, optimal cascade and cascade routing at every budget of "
+        "the paper's grid on a 5%% validation split and score them on the 95%% test split.",
+    )
+    # Data
+    rb.add_argument("--data", type=Path, default=None,
+                    help="RouterBench CSV folder, CSV file or original .pkl (default: ../shared/data/routerbench)")
+    rb.add_argument("--models", type=int, default=11, help="model set: 3, 5 or 11 (default 11)")
+    rb.add_argument("--noise", default="low", help="estimator noise: low, medium or high (default low)")
+    # Method
+    rb.add_argument("--seed", type=int, default=0, help="seed of the estimator noise draw (default 0)")
+    rb.add_argument("--max-depth", type=int, default=5, help="cascade routing's max models per query (default 5)")
+    rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
+                    help="lambda fitting: per-step search or one constant lambda (default per_step)")
+    rb.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10, the paper's)")
+    rb.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for CIs (0 = none; default 500)")
+    # Output
+    rb.add_argument("--json", type=Path, default=None, help="write results as JSON to this path")
+    rb.add_argument("--plot", type=Path, default=None, help="draw the quality-cost curves to this PNG")
+    rb.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _eval_routerbench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from estimators.plots import plot_quality_cost
+    from estimators.protocol import METHODS, ProtocolSettings, run_protocol
+    from estimators.routerbench import load_routerbench
+
+    settings = ProtocolSettings(
+        models=args.models,
+        noise=args.noise,
+        seed=args.seed,
+        max_depth=args.max_depth,
+        strategy=args.strategy,
+        per_segment=args.per_segment,
+        n_bootstrap=args.bootstrap,
+    )
+    from estimators.simulated import NOISE_LEVELS
+
+    if args.noise not in NOISE_LEVELS:
+        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {args.noise!r}")
+    data = args.data if args.data is not None else _DEFAULT_ROUTERBENCH
+    if args.data is None and not data.exists():
+        raise ValueError(f"no RouterBench data at {data}: pass --data PATH")
+    table = load_routerbench(data)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=args.quiet,
+    ) as bar:
+        tasks: dict[str, Any] = {m: bar.add_task(m, total=None) for m in METHODS}
+
+        def progress(method: str, done: int, total: int) -> None:
+            bar.update(tasks[method], completed=done, total=total)
+
+        result = run_protocol(table, settings, progress=progress)
+
+    out = Console()
+    title = f"RouterBench, {settings.models} models, {settings.noise} noise, seed {settings.seed}: AUC x100"
+    grid = Table(title=title)
+    grid.add_column("method")
+    grid.add_column("AUC", justify="right")
+    grid.add_column("95% CI (CR absolute; others: minus CR)", justify="right")
+    ci = result["ci"]
+    for method in ("linear", *METHODS):
+        if method == "cascade_routing" and method in ci:
+            c = ci[method]
+            interval = f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+        elif method in ci.get("diff_vs_cascade_routing", {}):
+            c = ci["diff_vs_cascade_routing"][method]
+            interval = f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+        else:
+            interval = ""
+        grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
+    out.print(grid)
+    s = result["settings"]
+    out.print(f"{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
+              f"{s['total_s']:.1f} s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        out.print(f"wrote {args.json}")
+    if args.plot is not None:
+        out.print(f"wrote {plot_quality_cost(result, args.plot, title=title)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "eval" and args.benchmark == "routerbench":
+            return _eval_routerbench(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error("unknown command")  # argparse exits with code 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The ``cascade`` CLI end to end on the self-made RouterBench fixture (no ../shared needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.cli import main
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routerbench_tiny"
+FAST = ["--per-segment", "3", "--bootstrap", "40", "--quiet"]
+
+
+def test_eval_routerbench_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json, out_png = tmp_path / "rb.json", tmp_path / "rb.png"
+    rc = main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "3", "--noise", "low",
+               "--json", str(out_json), "--plot", str(out_png), *FAST])
+    assert rc == 0
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"auc", "ci", "points", "settings"}
+    assert set(result["auc"]) == {"linear", "routing", "threshold_cascade", "optimal_cascade", "cascade_routing"}
+    assert all(0.0 <= v <= 100.0 for v in result["auc"].values())
+    ci = result["ci"]["cascade_routing"]
+    assert ci["low"] <= result["auc"]["cascade_routing"] + 1e-9 or ci["low"] <= ci["mean"]
+    assert set(result["ci"]["diff_vs_cascade_routing"]) == {"routing", "threshold_cascade", "optimal_cascade"}
+    points = result["points"]["cascade_routing"]
+    assert len(points["cost"]) == len(points["quality"]) == result["settings"]["n_budgets"]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cascade_routing" in capsys.readouterr().out
+
+
+def test_eval_routerbench_same_seed_same_result(tmp_path: Path) -> None:
+    """Noise is drawn once from the seed, so two runs agree exactly."""
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for p in paths:
+        assert main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "3", "--json", str(p), *FAST]) == 0
+    a, b = (json.loads(p.read_text()) for p in paths)
+    assert a["auc"] == b["auc"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "7"], "models must be one of"),
+        (["--noise", "extreme"], "--noise must be one of"),
+        (["--data", "/nonexistent/routerbench"], "not found"),
+    ],
+)
+def test_eval_routerbench_bad_input_exits_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = [] if args[0] == "--data" else ["--data", str(FIXTURE)]
+    rc = main(["eval", "routerbench", *data, *args, "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
