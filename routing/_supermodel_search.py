@@ -193,9 +193,7 @@ def search_supermodel(
         return Decision(None, answer_from)
 
     quality = _SetQuality(mu, var, cov, n_qmc_points, seed, cache, state_key)
-    run_list = run.tolist()
     cost_run = float(cost[run].sum()) if r else 0.0
-    allowed_set = set(allowed)
 
     # Every candidate kept for the final argmax: tau, total cost, first added model (-1 = stop).
     taus: list[float] = []
