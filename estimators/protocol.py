@@ -39,6 +39,7 @@ from routing import (
     single_model_points,
 )
 from routing._evaluation import ConfidenceInterval
+from routing._state_quality import StateMemos
 
 __all__ = ["METHODS", "ProtocolSettings", "run_protocol"]
 
@@ -119,6 +120,10 @@ def run_protocol(
     fit_budgets = np.maximum(budgets, floor)
     rng_area = auc_range(model_cost, model_quality)
 
+    # One memo per (query, answered set) on each split, shared by every method and budget: a state's
+    # supermodels are scored once, then each rollout is a lookup (routing._state_quality).
+    memos_val: StateMemos = {}
+    memos_test: StateMemos = {}
     per_query_q: dict[str, FloatArray] = {}
     per_query_c: dict[str, FloatArray] = {}
     fit_s: dict[str, float] = {}
@@ -126,8 +131,10 @@ def run_protocol(
         t0 = time.perf_counter()
         qs, cs = np.empty((len(budgets), len(test))), np.empty((len(budgets), len(test)))
         for b, budget in enumerate(fit_budgets):
-            policy = _make_policy(method, float(budget), settings).fit(est_val, q_val, c_val)
-            result = rollout(policy, est_test, q_test, c_test, rng=np.random.default_rng(settings.seed))
+            policy = _make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos_val)
+            result = rollout(
+                policy, est_test, q_test, c_test, rng=np.random.default_rng(settings.seed), memos=memos_test
+            )
             qs[b], cs[b] = result.quality, result.cost
             if progress is not None:
                 progress(method, b + 1, len(budgets))

@@ -14,8 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from routing._estimates import Estimates, EstimateSource
-from routing._lambda_search import Strategy, fit_lambdas
+from routing._lambda_search import BUDGET_RTOL, Strategy, fit_lambdas
 from routing._simulate import rollout, validate_ground_truth
+from routing._state_quality import StateMemos
 from routing._supermodel_search import Decision
 
 __all__ = ["NotFittedError", "Policy", "check_is_fitted"]
@@ -52,6 +53,8 @@ class Policy(ABC):
     seed: int
     # Steps whose multiplier has no effect (a cascade always runs its first model).
     _first_free_step = 0
+    # decide()'s tie-break generator when the caller gives none (created on first use).
+    _rng: np.random.Generator | None = None
 
     # -- scikit-learn parameter protocol ----------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -87,7 +90,7 @@ class Policy(ABC):
         lambdas: FloatArray,
         expensive_tie: bool | float,
         rng: np.random.Generator | None,
-        cache: dict[int, float] | None,
+        memos: StateMemos | None,
     ) -> tuple[IntArray, IntArray]:
         """Decisions for a batch at the same step: (run_next with -1 = stop, answer_from)."""
 
@@ -96,7 +99,9 @@ class Policy(ABC):
         return 1.0 / max(float(np.mean(cost)), 1e-12)
 
     # -- fitting ----------------------------------------------------------------------------------
-    def fit(self, X: EstimateSource, quality: FloatArray, cost: FloatArray) -> Policy:
+    def fit(
+        self, X: EstimateSource, quality: FloatArray, cost: FloatArray, *, memos: StateMemos | None = None
+    ) -> Policy:
         """Fit lambdas and gamma so the average validation cost is at most ``max_expected_cost``.
 
         Parameters
@@ -105,6 +110,9 @@ class Policy(ABC):
             Estimates for the validation queries.
         quality, cost : ndarray of shape (n_queries, n_models)
             Ground-truth quality and cost of every model on those queries (models sorted by cost).
+        memos : dict, optional
+            Per-state memos to share between fits on the same ``X`` (e.g. one per budget of a grid):
+            each state's candidates are then scored once for all budgets. Default: a fresh one.
         """
         quality = np.asarray(quality, dtype=np.float64)
         cost = np.asarray(cost, dtype=np.float64)
@@ -113,15 +121,15 @@ class Policy(ABC):
         if budget is None:
             raise ValueError(f"{type(self).__name__} needs max_expected_cost to fit (or use from_lambdas)")
         cheapest = float(cost.mean(axis=0).min())
-        if not np.isfinite(budget) or budget < cheapest:
+        if not np.isfinite(budget) or budget < cheapest * (1.0 - BUDGET_RTOL):
             raise ValueError(
                 f"max_expected_cost={budget!r} is below the cheapest model's average cost {cheapest:.6g}"
             )
         n_models = quality.shape[1]
-        cache: dict[int, float] = {}
+        memos = {} if memos is None else memos
 
         def evaluate(lambdas: FloatArray, expensive: bool) -> tuple[float, float]:
-            result = rollout(self, X, quality, cost, lambdas=lambdas, expensive_tie=expensive, cache=cache)
+            result = rollout(self, X, quality, cost, lambdas=lambdas, expensive_tie=expensive, memos=memos)
             return result.mean_cost, result.mean_quality
 
         fitted = fit_lambdas(
@@ -147,8 +155,8 @@ class Policy(ABC):
         """A ready policy with given multipliers (e.g. from a config file or a per-request knob)."""
         policy = cls(**params)
         lam = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
-        if lam.ndim != 1 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
-            raise ValueError(f"lambdas must be finite and non-negative, got {lambdas!r}")
+        if lam.ndim != 1 or lam.shape[0] == 0 or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+            raise ValueError(f"lambdas must be a non-empty list of finite non-negative numbers, got {lambdas!r}")
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
         policy.lambdas_ = lam
@@ -184,8 +192,9 @@ class Policy(ABC):
         answered : ndarray of shape (n_models,), bool
             Models that have answered.
         rng : numpy.random.Generator, optional
-            Draws the gamma tie-break, only when a tie occurs. Default: a generator seeded with
-            ``seed`` (so the same seed gives the same decisions).
+            Draws the gamma tie-break, only when a tie occurs. Default: the policy's own generator,
+            seeded with ``seed`` on first use, so a fresh policy with the same seed makes the same
+            sequence of decisions, and ties are still mixed across queries.
         lambdas : ndarray, optional
             Per-request multipliers overriding the fitted ones.
         """
@@ -197,7 +206,9 @@ class Policy(ABC):
         if answered.shape != (estimates.n_models,):
             raise ValueError(f"answered has shape {answered.shape}, expected ({estimates.n_models},)")
         if rng is None:
-            rng = np.random.default_rng(self.seed)
+            if self._rng is None:
+                self._rng = np.random.default_rng(self.seed)
+            rng = self._rng
         step = int(answered.sum())
         run_next, answer_from = self._decide_batch(
             estimates, answered[None, :], np.zeros(1, dtype=np.intp), step, lam, gamma, rng, None

@@ -14,6 +14,7 @@ from routing._base import Policy
 from routing._estimates import Estimates
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._lambda_search import Strategy
+from routing._state_quality import StateMemos, StateQuality
 from routing._supermodel_search import DEFAULT_TIE_TOL, Order, search_supermodel
 
 __all__ = ["CascadeRouter", "OptimalCascade"]
@@ -45,18 +46,28 @@ class _SupermodelPolicy(Policy):
         lambdas: FloatArray,
         expensive_tie: bool | float,
         rng: np.random.Generator | None,
-        cache: dict[int, float] | None,
+        memos: StateMemos | None,
     ) -> tuple[IntArray, IntArray]:
         n, n_models = answered.shape
         run_next = np.full(n, -1, dtype=np.intp)
         answer = np.full(n, -1, dtype=np.intp)
-        depth = min(lambdas.shape[0], n_models)
+        depth = min(lambdas.shape[0], self.n_steps(n_models))
         lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
-        state_keys = None
-        if cache is not None:
-            bits = answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))
-            state_keys = (rows.astype(object) << n_models) | bits.astype(object)
+        bits = (answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))).tolist()
+        row_ids = rows.tolist()
         for i in range(n):
+            memo = None
+            if memos is not None:
+                key = (row_ids[i], bits[i])
+                memo = memos.get(key)
+                if memo is None:
+                    memo = memos[key] = StateQuality(
+                        est.q_mean[i],
+                        None if est.q_var is None else est.q_var[i],
+                        None if est.q_cov is None else est.q_cov[i],
+                        self.n_qmc_points,
+                        self.seed,
+                    )
             decision = search_supermodel(
                 est.q_mean[i],
                 est.cost[i],
@@ -73,8 +84,8 @@ class _SupermodelPolicy(Policy):
                 tie_tol=self.tie_tol,
                 n_qmc_points=self.n_qmc_points,
                 seed=self.seed,
-                cache=cache,
-                state_key=0 if state_keys is None else int(state_keys[i]),
+                memo=memo,
+                use_table=memo is not None,
             )
             if decision.run_next is not None:
                 run_next[i] = decision.run_next

@@ -8,7 +8,7 @@ its quality is E[max_{i in S} Q_i] with Q ~ N(mu_S, Sigma_S). Methods, from chea
 - two models, any correlation: Clark's closed form (Clark 1961);
 - independent models: E[max] = t0 + integral_{t0}^{t1} (1 - prod_i Phi_i(x)) dx by composite
   Gauss-Legendre on panels whose breakpoints sit at mu_i + k sigma_i for every member, so sharp
-  (nearly known) and wide estimates are both resolved (about 1e-7 absolute error);
+  (nearly known) and wide estimates are both resolved (at most 3e-8 absolute error);
 - correlated, three or more models: seeded scrambled-Sobol quasi-Monte Carlo.
 
 Every path scales by the standard deviation. The reference code scales independent normals by the
@@ -39,8 +39,10 @@ IntArray = NDArray[np.intp]
 # Beyond 8.5 standard deviations Phi differs from 0 or 1 by < 1e-17, so the integral may be cut there.
 _TAIL_SD = 8.5
 # Panel breakpoints in units of each member's sd: dense where Phi bends, sparse in the tails.
-_BREAKS_SD = np.array([-_TAIL_SD, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, _TAIL_SD])
-_GL_NODES = 4
+# 7 breakpoints x 6 Gauss-Legendre nodes: max error 3e-8 against a 73-breakpoint x 8 reference on
+# random sets with wide, sharp and exactly known members, identical members (the worst case) included.
+_BREAKS_SD = np.array([-_TAIL_SD, -3.5, -1.5, 0.0, 1.5, 3.5, _TAIL_SD])
+_GL_NODES = 6
 DEFAULT_QMC_POINTS = 1024
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -132,7 +134,8 @@ class IndependentGrid:
     def __init__(self, mu: FloatArray, sd: FloatArray) -> None:
         lower = float(np.min(mu - _TAIL_SD * sd))
         upper = float(np.max(mu + _TAIL_SD * sd))
-        breaks = np.unique(np.clip((mu[:, None] + sd[:, None] * _BREAKS_SD).ravel(), lower, upper))
+        # Repeated breakpoints (known members) make zero-width panels: zero weight, no harm.
+        breaks = np.sort(np.clip((mu[:, None] + sd[:, None] * _BREAKS_SD).ravel(), lower, upper))
         nodes_ref, weights_ref = _gauss_legendre(_GL_NODES)
         lo, hi = breaks[:-1], breaks[1:]
         half = 0.5 * (hi - lo)
@@ -143,11 +146,19 @@ class IndependentGrid:
         cdf = _phi_cdf(x[None, :], mu[:, None], sd[:, None])
         self.log_cdf: FloatArray = np.log(np.maximum(cdf, 1e-300))
 
-    def expected_max(self, members: NDArray[np.intp]) -> FloatArray:
-        """E[max] of each row of ``members`` (shape (n_sets, set_size)); returns shape (n_sets,)."""
-        log_f = self.log_cdf[members].sum(axis=1)
+    def log_cdf_of_max(self, members: NDArray[np.intp]) -> FloatArray:
+        """log of the CDF of each set's max on the grid: shape (n_sets, n_nodes)."""
+        out: FloatArray = self.log_cdf[members].sum(axis=1)
+        return out
+
+    def expected_max_from_log_cdf(self, log_f: FloatArray) -> FloatArray:
+        """E[max] from log CDFs of shape (n_sets, n_nodes); returns shape (n_sets,)."""
         result: FloatArray = self.lower + (1.0 - np.exp(log_f)) @ self.weights
         return result
+
+    def expected_max(self, members: NDArray[np.intp]) -> FloatArray:
+        """E[max] of each row of ``members`` (shape (n_sets, set_size)); returns shape (n_sets,)."""
+        return self.expected_max_from_log_cdf(self.log_cdf_of_max(members))
 
 
 @cache

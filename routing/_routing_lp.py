@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from routing._base import Policy
 from routing._estimates import Estimates
 from routing._lambda_search import Strategy
+from routing._state_quality import StateMemos
 from routing._supermodel_search import DEFAULT_TIE_TOL
 
 __all__ = ["Router", "argmax_with_ties"]
@@ -90,7 +91,7 @@ class Router(Policy):
         lambdas: FloatArray,
         expensive_tie: bool | float,
         rng: np.random.Generator | None,
-        cache: dict[int, float] | None,
+        memos: StateMemos | None,
     ) -> tuple[IntArray, IntArray]:
         n = answered.shape[0]
         if step == 0:

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from routing._estimates import EstimateSource
+from routing._state_quality import StateMemos
 
 if TYPE_CHECKING:
     from routing._base import Policy
@@ -75,7 +76,7 @@ def rollout(
     lambdas: FloatArray | None = None,
     expensive_tie: bool | float | None = None,
     rng: np.random.Generator | None = None,
-    cache: dict[int, float] | None = None,
+    memos: StateMemos | None = None,
 ) -> Rollout:
     """Run ``policy`` on every query of ``source``; score with ground-truth ``quality`` and ``cost``.
 
@@ -91,9 +92,9 @@ def rollout(
     expensive_tie : bool or float, optional
         Tie-break: False cheapest, True most expensive, a float the probability of the expensive one
         (needs ``rng``). Default: the fitted gamma.
-    cache : dict, optional
-        Memo of expected maxima shared across rollouts on the same source (valid because sources are
-        deterministic in (row, answered)).
+    memos : dict, optional
+        Per-state memos of expected maxima shared across rollouts on the same source (valid because
+        sources are deterministic in (row, answered)); the fitting loop passes one per fit.
     """
     validate_ground_truth(source, quality, cost)
     lam = policy._resolve_lambdas(lambdas)
@@ -108,7 +109,7 @@ def rollout(
             break
         est = source.estimate(active, answered[active])
         run_next, answer_from = policy._decide_batch(
-            est, answered[active], active, step, lam, tie, rng, cache
+            est, answered[active], active, step, lam, tie, rng, memos
         )
         stopping = run_next < 0
         answer[active[stopping]] = answer_from[stopping]

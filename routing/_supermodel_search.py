@@ -23,12 +23,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from routing._expected_max import (
-    DEFAULT_QMC_POINTS,
-    clark_expected_max,
-    expected_max_independent,
-    expected_max_qmc,
-)
+from routing._expected_max import DEFAULT_QMC_POINTS
+from routing._state_quality import StateQuality
 
 __all__ = ["Decision", "Order", "search_supermodel"]
 
@@ -61,74 +57,6 @@ class Decision:
         return self.run_next is None
 
 
-class _SetQuality:
-    """E[max] of member sets for one query state, picking the cheapest exact method per set size."""
-
-    def __init__(
-        self,
-        mu: FloatArray,
-        var: FloatArray | None,
-        cov: FloatArray | None,
-        n_qmc_points: int,
-        seed: int,
-        cache: dict[int, float] | None,
-        state_key: int,
-    ) -> None:
-        self.mu = mu
-        self.cov = cov
-        if cov is not None:
-            var = np.diag(cov)
-        self.var = var
-        self.sd = None if var is None else np.sqrt(var)
-        self.n_qmc_points = n_qmc_points
-        self.seed = seed
-        self.cache = cache
-        self.key_base = state_key << mu.shape[0]
-
-    def __call__(self, members: NDArray[np.intp]) -> FloatArray:
-        """``members`` has shape (n_sets, set_size); returns shape (n_sets,)."""
-        size = members.shape[1]
-        mu = self.mu[members]
-        if size == 1 or self.var is None:
-            out: FloatArray = mu.max(axis=1)
-            return out
-        var = self.var[members]
-        if size == 2:
-            cov12 = 0.0 if self.cov is None else self.cov[members[:, 0], members[:, 1]]
-            return clark_expected_max(mu[:, 0], mu[:, 1], var[:, 0], var[:, 1], cov12)
-        # Three or more members need quadrature or QMC: the expensive path, hence the cache.
-        keys: list[int] = []
-        todo: list[int] = []
-        out = np.empty(members.shape[0])
-        for i, row in enumerate(members.tolist()):
-            key = self.key_base | sum(1 << m for m in row)
-            keys.append(key)
-            hit = None if self.cache is None else self.cache.get(key)
-            if hit is None:
-                todo.append(i)
-            else:
-                out[i] = hit
-        if todo:
-            sub = members[todo]
-            if self.cov is None:
-                assert self.sd is not None
-                values = expected_max_independent(self.mu[sub], self.sd[sub])
-            else:
-                values = np.array(
-                    [
-                        expected_max_qmc(
-                            self.mu[r], self.cov[np.ix_(r, r)], n_points=self.n_qmc_points, seed=self.seed
-                        )
-                        for r in sub
-                    ]
-                )
-            out[todo] = values
-            if self.cache is not None:
-                for i, v in zip(todo, values.tolist(), strict=True):
-                    self.cache[keys[i]] = v
-        return out
-
-
 def search_supermodel(
     mu: FloatArray,
     cost: FloatArray,
@@ -146,8 +74,8 @@ def search_supermodel(
     tie_tol: float = DEFAULT_TIE_TOL,
     n_qmc_points: int = DEFAULT_QMC_POINTS,
     seed: int = 0,
-    cache: dict[int, float] | None = None,
-    state_key: int = 0,
+    memo: StateQuality | None = None,
+    use_table: bool = False,
 ) -> Decision:
     """Decide the next step for one query (algorithm-spec §4.6).
 
@@ -172,9 +100,14 @@ def search_supermodel(
     expensive_tie : bool or float
         Among tied best supermodels take the most expensive (True), the cheapest (False), or the
         most expensive with this probability, drawn from ``rng`` only when a tie occurs.
-    cache, state_key : optional
-        Memo of expected maxima for sets of three or more, keyed by ``state_key`` (which must
-        identify the query and its answered set) and the set: makes repeated simulation cheap.
+    memo : StateQuality, optional
+        The memo of this query state (same estimates, same answered set): values of scored sets and
+        the quadrature grid. Reusing it across decisions in the same state makes simulation cheap.
+    use_table : bool
+        With a memo and no correlated uncertainty: score every candidate of the state once and keep
+        those that win for some lambda (``StateQuality.candidate_table``); later decisions in the
+        state, for any lambda, are a lookup. Same decisions as the search; for simulation, where a
+        state is decided for dozens of lambdas.
     """
     n_models = mu.shape[0]
     run = np.flatnonzero(answered)
@@ -185,14 +118,19 @@ def search_supermodel(
         return Decision(None, answer_from)
 
     if order == "prefix":
-        allowed = [r] if r < n_models else []
+        allowed = list(range(r, n_models))
     else:
         floor = int(run.max()) + 1 if (order == "forward" and r) else 0
         allowed = [m for m in range(floor, n_models) if not answered[m]]
     if not allowed:
         return Decision(None, answer_from)
 
-    quality = _SetQuality(mu, var, cov, n_qmc_points, seed, cache, state_key)
+    quality = memo if memo is not None else StateQuality(mu, var, cov, n_qmc_points, seed)
+    if use_table and memo is not None and cov is None:
+        table = memo.candidate_table(run, allowed, depth, order == "prefix", greedy, cost, tie_tol)
+        first = _pick(table.quality - lam * table.cost, table.cost, table.first.tolist(),
+                      expensive_tie, rng, tie_tol)
+        return Decision(None, answer_from) if first < 0 else Decision(first, None)
     cost_run = float(cost[run].sum()) if r else 0.0
 
     # Every candidate kept for the final argmax: tau, total cost, first added model (-1 = stop).
@@ -214,18 +152,26 @@ def search_supermodel(
         _search_all(quality, run, cost, lam, allowed, depth, greedy, order, cost_run, q_run,
                     taus, costs, firsts)
 
-    tau_arr = np.asarray(taus)
-    cost_arr = np.asarray(costs)
-    tied = np.flatnonzero(tau_arr >= tau_arr.max() - tie_tol)
+    first = _pick(np.asarray(taus), np.asarray(costs), firsts, expensive_tie, rng, tie_tol)
+    return Decision(None, answer_from) if first < 0 else Decision(first, None)
+
+
+def _pick(
+    tau: FloatArray,
+    cost: FloatArray,
+    firsts: list[int],
+    expensive_tie: bool | float,
+    rng: np.random.Generator | None,
+    tie_tol: float,
+) -> int:
+    """First model of the best candidate; among ties the cheapest, or the dearest per gamma."""
+    tied = np.flatnonzero(tau >= tau.max() - tie_tol)
     if tied.shape[0] > 1:
         expensive = _draw_expensive(expensive_tie, rng)
-        pick = int(tied[np.argmax(cost_arr[tied])]) if expensive else int(tied[np.argmin(cost_arr[tied])])
+        pick = int(tied[np.argmax(cost[tied])]) if expensive else int(tied[np.argmin(cost[tied])])
     else:
         pick = int(tied[0])
-    first = firsts[pick]
-    if first < 0:
-        return Decision(None, answer_from)
-    return Decision(first, None)
+    return firsts[pick]
 
 
 def _members(run: NDArray[np.intp], added: list[tuple[int, ...]]) -> NDArray[np.intp]:
@@ -236,7 +182,7 @@ def _members(run: NDArray[np.intp], added: list[tuple[int, ...]]) -> NDArray[np.
 
 
 def _search_all(
-    quality: _SetQuality,
+    quality: StateQuality,
     run: NDArray[np.intp],
     cost: FloatArray,
     lam: float,
@@ -279,7 +225,7 @@ def _search_all(
 
 
 def _search_pruned(
-    quality: _SetQuality,
+    quality: StateQuality,
     run: NDArray[np.intp],
     cost: FloatArray,
     lam: float,
@@ -293,76 +239,92 @@ def _search_pruned(
     costs: list[float],
     firsts: list[int],
 ) -> None:
-    """Enumeration with Lemma-1 pruning plus branch and bound; same argmax as ``_search_all``.
+    """Level-wise enumeration with Lemma-1 pruning plus branch and bound; same argmax as ``_search_all``.
 
-    Submodularity gives, for S = P ∪ {m} and x > m, gain(S, x) <= gain(P, x), and gain(P, x) was
-    computed when P's children were scored. So (1) only models whose sibling P ∪ {x} survived
-    Lemma-1 can extend S (the others would fail Lemma-1 at S too), and (2) tau(S ∪ X) <= tau(S) +
-    sum over x in X of (gain(P, x) - lam c_x), which skips whole subtrees that cannot beat the best
-    candidate so far. With r = 0 a singleton has no parent gain; its pairs are scored exactly.
+    Submodularity bounds the gain of adding y to S by the gain of adding it to any subset of S: by
+    min over s in S of G[s, y] = E[(X_y - X_s)^+] (one vectorised Clark call for all pairs), and by
+    the exact gain of y over S's parent once its children are scored. Hence (1) a child whose bound
+    does not pay for lambda c_y would fail Lemma 1: it is not even scored; (2) a node's completions
+    are bounded by tau(S) plus the best positive bounded net gains, so subtrees that cannot beat the
+    best candidate so far are skipped. Each level is a handful of array operations, whatever its size.
     """
+    n_models = cost.shape[0]
     r = run.shape[0]
+    gains = quality.pair_gains()
+    allowed_arr = np.asarray(allowed, dtype=np.intp)
     best = max(taus) if taus else -math.inf
-    # Node: (added, q, total cost, tau, sibling models usable next, their gains over the parent).
-    # None gains = unknown (the parent is the empty set): no bound, score every pair.
-    Node = tuple[tuple[int, ...], float, float, float, list[int], list[float] | None]
-    tau_run = q_run - lam * cost_run if r else -math.inf
-    frontier: list[Node] = [((), q_run, cost_run, tau_run, allowed, None)]
-    size = r
-    while frontier and size < depth:
-        remaining = depth - size  # models each frontier node may still add, this one included
-        children: list[tuple[int, ...]] = []
-        parent_index: list[int] = []
-        for index, (added, _q, _c, tau_p, nexts, gains) in enumerate(frontier):
-            if gains is None:
-                for x in nexts:
-                    children.append((*added, x))
-                    parent_index.append(index)
-                continue
-            net = [g - lam * cost[x] for x, g in zip(nexts, gains, strict=True)]
-            for i, x in enumerate(nexts):
-                # Best completion through x: x itself plus the best remaining - 1 positive terms after it.
-                tail = sorted((v for v in net[i + 1 :] if v > 0.0), reverse=True)[: remaining - 1]
-                if tau_p + net[i] + sum(tail) >= best - tie_tol:
-                    children.append((*added, x))
-                    parent_index.append(index)
-        if not children:
-            break
+
+    if r == 0:
+        # Singletons have no parent to bound them: score all (E[max] of one model is its mean).
+        q = quality.mu[allowed_arr]
+        c = cost[allowed_arr]
+        tau = q - lam * c
+        taus.extend(tau.tolist())
+        costs.extend(c.tolist())
+        firsts.extend(allowed)
+        best = max(best, float(tau.max()))
+        if greedy or depth <= 1:
+            return
+        members = allowed_arr[:, None]
+        caps = np.full((members.shape[0], n_models), np.inf)
+        node_q, node_c, node_tau, node_first, node_last = q, c, tau, allowed_arr, allowed_arr
+    else:
+        members = run[None, :]
+        caps = np.full((1, n_models), np.inf)
+        node_q = np.array([q_run])
+        node_c = np.array([cost_run])
+        node_tau = node_q - lam * node_c
+        node_first = np.array([-1], dtype=np.intp)
+        node_last = np.array([-1], dtype=np.intp)
+
+    extendable = np.zeros(n_models, dtype=bool)
+    extendable[allowed_arr] = True
+    size = members.shape[1]
+    while members.shape[0] and size < depth:
+        slots = depth - size
+        caps = np.minimum(caps, gains[members].min(axis=1))
+        ext = extendable[None, :] & (np.arange(n_models)[None, :] > node_last[:, None])
+        net = np.where(ext, caps - lam * cost[None, :], -np.inf)
+        # Lemma 1: a child whose gain bound does not pay for its cost would be pruned once scored.
+        # Pruning only what loses by more than tie_tol keeps every tied candidate (gamma needs them).
+        candidate = net >= -tie_tol
+        if slots > 1:
+            top = -np.sort(-np.maximum(net, 0.0), axis=1)[:, : slots]
+            top_sum = np.cumsum(top, axis=1)
+            kth = top[:, slots - 2]
+            rest = np.where(net >= kth[:, None], top_sum[:, slots - 1 : slots], net + top_sum[:, slots - 2 : slots - 1])
+            bound = node_tau[:, None] + rest
+        else:
+            bound = node_tau[:, None] + net
+        candidate &= bound >= best - tie_tol
+        parent, new = np.nonzero(candidate)
+        if parent.shape[0] == 0:
+            return
         size += 1
-        q = quality(_members(run, children))
-        new_model = np.array([c[-1] for c in children], dtype=np.intp)
-        q_parent = np.array([frontier[i][1] for i in parent_index])
-        c_total = np.array([frontier[i][2] for i in parent_index]) + cost[new_model]
-        tau = q - lam * c_total
-        gain = q - q_parent
-        keep = (gain - lam * cost[new_model] >= 0.0) if size > 1 else np.ones(len(children), dtype=bool)
-        kept = np.flatnonzero(keep).tolist()
-        tau_l, q_l, c_l, gain_l = tau.tolist(), q.tolist(), c_total.tolist(), gain.tolist()
-        for i in kept:
-            taus.append(tau_l[i])
-            costs.append(c_l[i])
-            firsts.append(children[i][0])
-        if kept:
-            best = max(best, max(tau_l[i] for i in kept))
+        child_members = np.concatenate([members[parent], new[:, None]], axis=1)
+        if size == 2:
+            q = quality.mu[child_members[:, 0]] + gains[child_members[:, 0], new]
+        else:
+            q = quality(child_members)
+        exact_gain = q - node_q[parent]
+        c = node_c[parent] + cost[new]
+        tau = q - lam * c
+        keep = exact_gain - lam * cost[new] >= -tie_tol
+        first = np.where(node_first[parent] < 0, new, node_first[parent])
+        taus.extend(tau[keep].tolist())
+        costs.extend(c[keep].tolist())
+        firsts.extend(first[keep].tolist())
+        if keep.any():
+            best = max(best, float(tau[keep].max()))
         if greedy:
-            break
-        # Group survivors by parent: the survivors of one parent are each other's siblings.
-        by_parent: dict[int, list[int]] = {}
-        for i in kept:
-            by_parent.setdefault(parent_index[i], []).append(i)
-        frontier = []
-        for group in by_parent.values():
-            for pos, i in enumerate(group):
-                later = group[pos + 1 :]
-                if size == 1 and r == 0:
-                    # A singleton's extensions: every allowed model above it, gains unknown.
-                    ext = [x for x in allowed if x > children[i][-1]]
-                    frontier.append((children[i], q_l[i], c_l[i], tau_l[i], ext, None))
-                else:
-                    frontier.append(
-                        (children[i], q_l[i], c_l[i], tau_l[i], [children[j][-1] for j in later],
-                         [gain_l[j] for j in later])
-                    )
+            return
+        # A child's cap on z: its parent's cap, tightened by the exact gain of z over the parent.
+        level_caps = caps.copy()
+        level_caps[parent, new] = exact_gain
+        members = child_members[keep]
+        caps = level_caps[parent[keep]]
+        node_q, node_c, node_tau = q[keep], c[keep], tau[keep]
+        node_first, node_last = first[keep], new[keep]
 
 
 def _draw_expensive(expensive_tie: bool | float, rng: np.random.Generator | None) -> bool:

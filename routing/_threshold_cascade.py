@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from routing._base import Policy
 from routing._estimates import Estimates
 from routing._lambda_search import Strategy
+from routing._state_quality import StateMemos
 
 __all__ = ["ThresholdCascade"]
 
@@ -76,13 +77,13 @@ class ThresholdCascade(Policy):
         lambdas: FloatArray,
         expensive_tie: bool | float,
         rng: np.random.Generator | None,
-        cache: dict[int, float] | None,
+        memos: StateMemos | None,
     ) -> tuple[IntArray, IntArray]:
         n, n_models = answered.shape
         if step == 0:
             return np.zeros(n, dtype=np.intp), np.full(n, -1, dtype=np.intp)
         last = step - 1
-        depth = min(lambdas.shape[0], n_models)
+        depth = min(lambdas.shape[0], self.n_steps(n_models))
         if step >= depth:
             return np.full(n, -1, dtype=np.intp), np.full(n, last, dtype=np.intp)
         escalate = est.q_mean[:, last] < 1.0 - float(lambdas[last])

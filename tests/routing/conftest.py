@@ -8,13 +8,15 @@ the code under test.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import pytest
 
-from routing import Decision, expected_max
+from routing import Decision, TableEstimates, expected_max
+from routing._expected_max import expected_max_qmc
 
 TIE_TOL = 1e-9  # routing's default tie tolerance
 
@@ -39,7 +41,12 @@ def supermodel_quality(
 ) -> float:
     idx = np.asarray(members, dtype=np.intp)
     if cov is not None:
-        return expected_max(mu[idx], cov=cov[np.ix_(idx, idx)], seed=seed, n_qmc_points=n_qmc_points)
+        sub = cov[np.ix_(idx, idx)]
+        if idx.shape[0] >= 3:
+            # routing scores every correlated set of three or more by QMC, even one whose
+            # off-diagonal block happens to be zero (expected_max would switch to quadrature there).
+            return expected_max_qmc(mu[idx], sub, n_points=n_qmc_points, seed=seed)
+        return expected_max(mu[idx], cov=sub)
     return expected_max(mu[idx], var=None if var is None else var[idx])
 
 
@@ -121,12 +128,12 @@ def random_lambda(rng: np.random.Generator, cost: np.ndarray) -> float:
     return float(10 ** rng.uniform(-2.5, -0.5) / cost.mean())
 
 
-def random_table(
-    rng: np.random.Generator, n: int, k: int
-) -> tuple[object, np.ndarray, np.ndarray]:
-    """A TableEstimates with noisy ex-ante and sharp post-hoc estimates, plus its ground truth."""
-    from routing import TableEstimates
+def random_table(rng: np.random.Generator, n: int, k: int) -> tuple[TableEstimates, np.ndarray, np.ndarray]:
+    """A TableEstimates with noisy ex-ante and sharp post-hoc estimates, plus its ground truth.
 
+    Ex-ante cost estimates are each model's typical cost, post-hoc ones the realised cost; qualities
+    are 0/1 with accuracy rising with cost.
+    """
     skill = np.linspace(0.3, 0.85, k)
     quality = (rng.uniform(0, 1, (n, k)) < skill).astype(float)
     base = np.geomspace(0.1, 3.0, k)
@@ -144,6 +151,28 @@ def random_table(
     return table, quality, cost
 
 
+# Fixtures hand the helpers to the test modules (importing from conftest is fragile across pytest
+# import modes).
+
+
 @pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(20250522)
+def brute() -> Callable[..., BruteForce]:
+    """The brute-force supermodel search (``brute_force``)."""
+    return brute_force
+
+
+@pytest.fixture
+def make_state() -> Callable[..., dict[str, np.ndarray | None]]:
+    """Random one-query estimates (``random_state``)."""
+    return random_state
+
+
+@pytest.fixture
+def make_lambda() -> Callable[[np.random.Generator, np.ndarray], float]:
+    return random_lambda
+
+
+@pytest.fixture
+def make_table() -> Callable[[np.random.Generator, int, int], tuple[TableEstimates, np.ndarray, np.ndarray]]:
+    """A random validation table with its ground truth (``random_table``)."""
+    return random_table
