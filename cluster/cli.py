@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def _build_parser() -> argparse.ArgumentParser:
     # Output
     rb.add_argument("--json", type=Path, default=None, help="write results as JSON to this path")
     rb.add_argument("--plot", type=Path, default=None, help="draw the quality-cost curves to this PNG")
+    rb.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes (default: 2 or the CPU count if lower); results do not depend on it")
     rb.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -77,15 +80,18 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
     table = load_routerbench(data)
     console = Console(stderr=True)
     with Progress(
-        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=args.quiet,
     ) as bar:
-        tasks: dict[str, Any] = {m: bar.add_task(m, total=None) for m in METHODS}
+        tasks: dict[str, Any] = {}
+        for stage in ("fit", "test"):
+            for m in METHODS:
+                tasks[f"{stage} {m}"] = bar.add_task(f"{stage} {m}", total=None)
 
-        def progress(method: str, done: int, total: int) -> None:
-            bar.update(tasks[method], completed=done, total=total)
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(tasks[stage], completed=done, total=total)
 
-        result = run_protocol(table, settings, progress=progress)
+        result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs)
 
     out = Console()
     title = f"RouterBench, {settings.models} models, {settings.noise} noise, seed {settings.seed}: AUC x100"

@@ -11,9 +11,12 @@ Costs are in the data's unit (USD per query for RouterBench).
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ from routing import (
     OptimalCascade,
     Policy,
     Router,
+    TableEstimates,
     ThresholdCascade,
     area_under_curve,
     auc_range,
@@ -44,8 +48,11 @@ from routing._state_quality import StateMemos
 __all__ = ["METHODS", "ProtocolSettings", "run_protocol"]
 
 FloatArray = NDArray[np.float64]
-# Progress callback: (method, budget index, number of budgets).
+# Progress callback: (stage such as "fit routing" or "test routing", done, total).
 Progress = Callable[[str, int, int], None]
+# The test split is scored in this many fixed chunks, each with its own seeded tie-break rng, so the
+# results are the same whatever the number of processes.
+_TEST_CHUNKS = 2
 
 METHODS = ("routing", "threshold_cascade", "optimal_cascade", "cascade_routing")
 
@@ -93,13 +100,19 @@ def run_protocol(
     *,
     methods: tuple[str, ...] = METHODS,
     progress: Progress | None = None,
+    n_jobs: int = 1,
 ) -> dict[str, Any]:
     """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "settings"}``.
 
     ``auc`` holds AUC ×100 per method plus ``"linear"``; ``ci`` the bootstrap interval of cascade
     routing (absolute) and of every other method's difference to it (paired, same resamples);
     ``points`` the (budget, cost, quality) curve per method on the test split.
+
+    ``n_jobs`` processes share the work (fits by method, then the test split in two fixed halves);
+    results do not depend on it.
     """
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be at least 1, got {n_jobs!r}")
     started = time.perf_counter()
     table = table.select_models(MODEL_SETS[settings.models]).sorted_by_cost()
     quality, cost = np.asarray(table.quality), np.asarray(table.cost_usd)
@@ -120,26 +133,10 @@ def run_protocol(
     fit_budgets = np.maximum(budgets, floor)
     rng_area = auc_range(model_cost, model_quality)
 
-    # One memo per (query, answered set) on each split, shared by every method and budget: a state's
-    # supermodels are scored once, then each rollout is a lookup (routing._state_quality).
-    memos_val: StateMemos = {}
-    memos_test: StateMemos = {}
-    per_query_q: dict[str, FloatArray] = {}
-    per_query_c: dict[str, FloatArray] = {}
-    fit_s: dict[str, float] = {}
-    for method in methods:
-        t0 = time.perf_counter()
-        qs, cs = np.empty((len(budgets), len(test))), np.empty((len(budgets), len(test)))
-        for b, budget in enumerate(fit_budgets):
-            policy = _make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos_val)
-            result = rollout(
-                policy, est_test, q_test, c_test, rng=np.random.default_rng(settings.seed), memos=memos_test
-            )
-            qs[b], cs[b] = result.quality, result.cost
-            if progress is not None:
-                progress(method, b + 1, len(budgets))
-        per_query_q[method], per_query_c[method] = qs, cs
-        fit_s[method] = time.perf_counter() - t0
+    fit_s, policies = _fit_all(methods, fit_budgets, settings, est_val, q_val, c_val, n_jobs, progress)
+    t0 = time.perf_counter()
+    per_query_q, per_query_c = _score_all(policies, est_test, q_test, c_test, settings.seed, n_jobs, progress)
+    test_s = time.perf_counter() - t0
 
     auc: dict[str, float] = {}
     lin_c, lin_q = linear_interpolation_curve(model_cost, model_quality)
@@ -172,7 +169,9 @@ def run_protocol(
             "n_budgets": int(len(budgets)),
             "budgets_raised_to_validation_floor": int(np.sum(budgets < floor)),
             "cost_unit": "USD per query",
-            "fit_and_test_s": fit_s,
+            "fit_s": fit_s,
+            "test_s": test_s,
+            "n_jobs": n_jobs,
             "total_s": time.perf_counter() - started,
         },
     }
@@ -206,3 +205,139 @@ def _bootstrap(
     out["n_resamples"] = settings.n_bootstrap
     out["seed"] = settings.bootstrap_seed
     return out
+
+
+# -- work split across processes -------------------------------------------------------------------
+# Workers report progress through a queue inherited at fork; in-process runs call the callback.
+_progress_sink: Callable[[tuple[str, int, int]], None] | None = None
+
+
+def _init_worker(queue: Any) -> None:
+    global _progress_sink
+    _progress_sink = queue.put
+
+
+def _report(stage: str, done: int, total: int) -> None:
+    if _progress_sink is not None:
+        _progress_sink((stage, done, total))
+
+
+def _fit_method(
+    method: str,
+    fit_budgets: FloatArray,
+    settings: ProtocolSettings,
+    est_val: TableEstimates,
+    q_val: FloatArray,
+    c_val: FloatArray,
+) -> tuple[float, list[Policy]]:
+    """Fit one method at every budget; the budgets share one memo of validation states."""
+    t0 = time.perf_counter()
+    memos: StateMemos = {}
+    policies = []
+    for b, budget in enumerate(fit_budgets):
+        policies.append(_make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos))
+        _report(f"fit {method}", b + 1, len(fit_budgets))
+    return time.perf_counter() - t0, policies
+
+
+def _score_chunk(
+    chunk: int,
+    rows: NDArray[np.intp],
+    policies: dict[str, list[Policy]],
+    est_test: TableEstimates,
+    q_test: FloatArray,
+    c_test: FloatArray,
+    seed: int,
+) -> dict[str, tuple[FloatArray, FloatArray]]:
+    """Per-query quality and cost of every fitted policy on one chunk of the test split."""
+    memos: StateMemos = {}
+    est, quality, cost = est_test.subset(rows), q_test[rows], c_test[rows]
+    out = {}
+    for method, fitted in policies.items():
+        qs, cs = np.empty((len(fitted), rows.shape[0])), np.empty((len(fitted), rows.shape[0]))
+        for b, policy in enumerate(fitted):
+            result = rollout(policy, est, quality, cost, rng=np.random.default_rng([seed, chunk]), memos=memos)
+            qs[b], cs[b] = result.quality, result.cost
+            _report(f"test {method}", b + 1, len(fitted))
+        out[method] = (qs, cs)
+    return out
+
+
+def _run_tasks(
+    tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]], n_jobs: int, progress: Progress | None
+) -> list[Any]:
+    """Run ``tasks`` in order (n_jobs = 1) or on a fork pool, relaying progress; results in order."""
+    global _progress_sink
+    totals: dict[str, list[int]] = {}
+
+    def relay(message: tuple[str, int, int]) -> None:
+        stage, done, total = message
+        # Chunks of the test split report separately: add them up per stage.
+        counts = totals.setdefault(stage, [0, 0])
+        counts[0] += 1
+        counts[1] = max(counts[1], total * (_TEST_CHUNKS if stage.startswith("test") else 1))
+        if progress is not None:
+            progress(stage, counts[0], counts[1])
+
+    if n_jobs == 1:
+        _progress_sink = relay
+        try:
+            return [fn(*args) for fn, args in tasks]
+        finally:
+            _progress_sink = None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker, initargs=(queue,)) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in tasks]
+        while not all(f.done() for f in futures):
+            try:
+                relay(queue.get(timeout=0.2))
+            except Empty:
+                pass
+        while not queue.empty():
+            relay(queue.get())
+        return [f.result() for f in futures]
+
+
+def _fit_all(
+    methods: tuple[str, ...],
+    fit_budgets: FloatArray,
+    settings: ProtocolSettings,
+    est_val: TableEstimates,
+    q_val: FloatArray,
+    c_val: FloatArray,
+    n_jobs: int,
+    progress: Progress | None,
+) -> tuple[dict[str, float], dict[str, list[Policy]]]:
+    # The dearest fits first, so two workers finish together.
+    order = sorted(methods, key=lambda m: -_FIT_WEIGHT.get(m, 0))
+    results = _run_tasks(
+        [(_fit_method, (m, fit_budgets, settings, est_val, q_val, c_val)) for m in order], n_jobs, progress
+    )
+    fit_s = {m: r[0] for m, r in zip(order, results, strict=True)}
+    policies = {m: r[1] for m, r in zip(order, results, strict=True)}
+    return {m: fit_s[m] for m in methods}, {m: policies[m] for m in methods}
+
+
+def _score_all(
+    policies: dict[str, list[Policy]],
+    est_test: TableEstimates,
+    q_test: FloatArray,
+    c_test: FloatArray,
+    seed: int,
+    n_jobs: int,
+    progress: Progress | None,
+) -> tuple[dict[str, FloatArray], dict[str, FloatArray]]:
+    chunks = np.array_split(np.arange(q_test.shape[0]), _TEST_CHUNKS)
+    results = _run_tasks(
+        [(_score_chunk, (i, rows, policies, est_test, q_test, c_test, seed)) for i, rows in enumerate(chunks)],
+        n_jobs,
+        progress,
+    )
+    per_query_q = {m: np.concatenate([r[m][0] for r in results], axis=1) for m in policies}
+    per_query_c = {m: np.concatenate([r[m][1] for r in results], axis=1) for m in policies}
+    return per_query_q, per_query_c
+
+
+# Rough relative cost of fitting each method (orders the work on the pool).
+_FIT_WEIGHT = {"cascade_routing": 3, "optimal_cascade": 2, "threshold_cascade": 1, "routing": 0}

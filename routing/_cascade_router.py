@@ -15,7 +15,7 @@ from routing._estimates import Estimates
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._lambda_search import Strategy
 from routing._state_quality import StateMemos, StateQuality
-from routing._supermodel_search import DEFAULT_TIE_TOL, Order, search_supermodel
+from routing._supermodel_search import DEFAULT_TIE_TOL, Order, allowed_models, search_supermodel
 
 __all__ = ["CascadeRouter", "OptimalCascade"]
 
@@ -55,6 +55,8 @@ class _SupermodelPolicy(Policy):
         lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
         bits = (answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))).tolist()
         row_ids = rows.tolist()
+        if memos is not None and est.q_cov is None:
+            return self._decide_from_tables(est, answered, row_ids, bits, depth, lam, expensive_tie, rng, memos)
         for i in range(n):
             memo = None
             if memos is not None:
@@ -67,6 +69,7 @@ class _SupermodelPolicy(Policy):
                         None if est.q_cov is None else est.q_cov[i],
                         self.n_qmc_points,
                         self.seed,
+                        np.flatnonzero(answered[i]),
                     )
             decision = search_supermodel(
                 est.q_mean[i],
@@ -92,6 +95,73 @@ class _SupermodelPolicy(Policy):
             elif decision.answer_from is not None:
                 answer[i] = decision.answer_from
         return run_next, answer
+
+
+    def _decide_from_tables(
+        self,
+        est: Estimates,
+        answered: BoolArray,
+        row_ids: list[int],
+        bits: list[int],
+        depth: int,
+        lam: float,
+        expensive_tie: bool | float,
+        rng: np.random.Generator | None,
+        memos: StateMemos,
+    ) -> tuple[IntArray, IntArray]:
+        """The simulator's path: every row's candidate table (built once per state), then one
+        vectorised argmax with the search's tie rules. Same decisions, and the same rng draws in the
+        same order, as calling ``search_supermodel`` row by row."""
+        n = answered.shape[0]
+        config = (self._order, depth, self._greedy, self.tie_tol)
+        tables = []
+        for i in range(n):
+            key = (row_ids[i], bits[i])
+            memo = memos.get(key)
+            if memo is None:
+                memo = memos[key] = StateQuality(
+                    est.q_mean[i],
+                    None if est.q_var is None else est.q_var[i],
+                    None,
+                    self.n_qmc_points,
+                    self.seed,
+                    np.flatnonzero(answered[i]),
+                )
+            table = memo.tables_by_policy.get(config)
+            if table is None:
+                run = np.flatnonzero(answered[i])
+                allowed = allowed_models(answered[i], run, self._order)
+                table = memo.candidate_table(
+                    run, allowed, depth, self._order == "prefix", self._greedy, est.cost[i], self.tie_tol
+                )
+                memo.tables_by_policy[config] = table
+            tables.append(table)
+        lengths = np.array([t.quality.shape[0] for t in tables])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        segment = np.repeat(np.arange(n), lengths)
+        quality = np.concatenate([t.quality for t in tables])
+        cost = np.concatenate([t.cost for t in tables])
+        first = np.concatenate([t.first for t in tables])
+        tau = quality - lam * cost
+        tied = tau >= np.maximum.reduceat(tau, starts)[segment] - self.tie_tol
+        if isinstance(expensive_tie, bool) or expensive_tie <= 0.0 or expensive_tie >= 1.0:
+            dear = np.full(n, bool(expensive_tie >= 1.0) if not isinstance(expensive_tie, bool) else expensive_tie)
+        else:
+            ties = np.add.reduceat(tied.astype(np.intp), starts) > 1
+            dear = np.zeros(n, dtype=bool)
+            if ties.any():
+                if rng is None:
+                    raise ValueError("a tie with 0 < gamma < 1 needs an rng to draw the tie-break")
+                dear[ties] = rng.random(int(ties.sum())) < expensive_tie
+        # Among tied candidates the cheapest (or dearest) wins; equal costs go to the first in table
+        # order, as in the search.
+        key = np.where(tied, np.where(dear[segment], -cost, cost), np.inf)
+        best = tied & (key == np.minimum.reduceat(key, starts)[segment])
+        hits = np.flatnonzero(best)
+        _, first_hit = np.unique(segment[hits], return_index=True)
+        pick = first[hits[first_hit]]
+        answer = np.argmax(np.where(answered, est.q_mean, -np.inf), axis=1).astype(np.intp)
+        return np.where(pick >= 0, pick, -1).astype(np.intp), np.where(pick >= 0, -1, answer).astype(np.intp)
 
 
 class CascadeRouter(_SupermodelPolicy):

@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 from numpy.typing import NDArray
 
-from routing._expected_max import IndependentGrid, clark_expected_max, expected_max_qmc
+from routing._expected_max import TAIL_SD, IndependentGrid, clark_expected_max, expected_max_qmc
 
 __all__ = ["CandidateTable", "StateMemos", "StateQuality", "upper_envelope_mask"]
 
@@ -33,12 +33,22 @@ class StateQuality:
         Independent variances.
     cov : ndarray of shape (n_models, n_models) or None
         Covariance (QMC for three or more correlated members).
+    run : ndarray of int, optional
+        The answered models. Every set scored in this state contains them, which lets the quadrature
+        grid start at their floor (``IndependentGrid``).
     """
 
     def __init__(
-        self, mu: FloatArray, var: FloatArray | None, cov: FloatArray | None, n_qmc_points: int, seed: int
+        self,
+        mu: FloatArray,
+        var: FloatArray | None,
+        cov: FloatArray | None,
+        n_qmc_points: int,
+        seed: int,
+        run: IntArray | None = None,
     ) -> None:
         self.mu = mu
+        self.run = np.zeros(0, dtype=np.intp) if run is None else run
         self.cov = cov
         if cov is not None:
             var = np.diag(cov)
@@ -50,12 +60,16 @@ class StateQuality:
         self._grid: IndependentGrid | None = None
         self._pair_gains: FloatArray | None = None
         self._tables: dict[tuple[tuple[int, ...], int, bool, bool, float], CandidateTable] = {}
+        # The same tables keyed by the deciding policy's settings, for the simulator's fast path.
+        self.tables_by_policy: dict[tuple[str, int, bool, float], CandidateTable] = {}
 
     @property
     def grid(self) -> IndependentGrid:
         if self._grid is None:
             assert self.var is not None
-            self._grid = IndependentGrid(self.mu, np.sqrt(self.var))
+            sd = np.sqrt(self.var)
+            floor = float(np.max(self.mu[self.run] - TAIL_SD * sd[self.run])) if self.run.shape[0] else -np.inf
+            self._grid = IndependentGrid(self.mu, sd, floor)
         return self._grid
 
     def pair_gains(self) -> FloatArray:
@@ -151,7 +165,26 @@ class StateQuality:
         level_log_f: FloatArray | None = None
         if use_grid and r:
             level_log_f = self.grid.log_cdf_of_max(run[None, :])
-        for size, (parents, new, added) in enumerate(_enumeration(tuple(allowed), slots, prefix), start=r + 1):
+        levels = () if prefix else _enumeration(tuple(allowed), slots, prefix)
+        if prefix and allowed and slots > 0:
+            # Prefixes: the log CDF of every prefix's max is a cumulative sum along the model order,
+            # so one pass scores them all (the optimal cascade's whole candidate set).
+            order = np.asarray(allowed[:slots], dtype=np.intp)
+            sizes = r + 1 + np.arange(order.shape[0])
+            c_child = cost_run + np.cumsum(cost[order])
+            q_child = np.empty(order.shape[0])
+            small = sizes < 3 if use_grid else np.ones(order.shape[0], dtype=bool)
+            for i in np.flatnonzero(small).tolist():
+                q_child[i] = self(np.concatenate([run, order[: i + 1]])[None, :])[0]
+            if not small.all():
+                log_f = np.cumsum(self.grid.log_cdf[order], axis=0)
+                if level_log_f is not None:
+                    log_f += level_log_f
+                q_child[~small] = self.grid.expected_max_from_log_cdf(log_f[~small])
+            q_parts.append(q_child)
+            c_parts.append(c_child)
+            first_parts.append(np.full(order.shape[0], order[0], dtype=np.intp))
+        for size, (parents, new, added) in enumerate(levels, start=r + 1):
             c_child = level_c[parents] + cost[new]
             if use_grid and size >= 3:
                 if level_log_f is None:
@@ -171,8 +204,11 @@ class StateQuality:
         quality = np.concatenate(q_parts)
         total_cost = np.concatenate(c_parts)
         first = np.concatenate(first_parts)
-        keep = upper_envelope_mask(quality, total_cost, tie_tol)
-        table = CandidateTable(quality[keep], total_cost[keep], first[keep])
+        if quality.shape[0] > 32:
+            keep = upper_envelope_mask(quality, total_cost, tie_tol)
+            quality, total_cost, first = quality[keep], total_cost[keep], first[keep]
+        # (Small tables are kept whole: the envelope only saves lookup work, never changes a decision.)
+        table = CandidateTable(quality, total_cost, first)
         self._tables[key] = table
         # The grid served only to build the table; states are many, keep memory small.
         self._grid = None

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._state_quality import StateQuality
 
-__all__ = ["Decision", "Order", "search_supermodel"]
+__all__ = ["Decision", "Order", "allowed_models", "search_supermodel"]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -117,15 +117,11 @@ def search_supermodel(
     if r >= depth:
         return Decision(None, answer_from)
 
-    if order == "prefix":
-        allowed = list(range(r, n_models))
-    else:
-        floor = int(run.max()) + 1 if (order == "forward" and r) else 0
-        allowed = [m for m in range(floor, n_models) if not answered[m]]
+    allowed = allowed_models(answered, run, order)
     if not allowed:
         return Decision(None, answer_from)
 
-    quality = memo if memo is not None else StateQuality(mu, var, cov, n_qmc_points, seed)
+    quality = memo if memo is not None else StateQuality(mu, var, cov, n_qmc_points, seed, run)
     if use_table and memo is not None and cov is None:
         table = memo.candidate_table(run, allowed, depth, order == "prefix", greedy, cost, tie_tol)
         first = _pick(table.quality - lam * table.cost, table.cost, table.first.tolist(),
@@ -172,6 +168,17 @@ def _pick(
     else:
         pick = int(tied[0])
     return firsts[pick]
+
+
+def allowed_models(answered: BoolArray, run: NDArray[np.intp], order: Order) -> list[int]:
+    """Models a supermodel may add in this state: not yet run, and for "forward" above the last run;
+    for "prefix" the rest of the cost order (a cascade's remaining models)."""
+    n_models = answered.shape[0]
+    r = run.shape[0]
+    if order == "prefix":
+        return list(range(r, n_models))
+    floor = int(run.max()) + 1 if (order == "forward" and r) else 0
+    return [m for m in range(floor, n_models) if not answered[m]]
 
 
 def _members(run: NDArray[np.intp], added: list[tuple[int, ...]]) -> NDArray[np.intp]:
