@@ -43,6 +43,7 @@ from routing import (
     single_model_points,
 )
 from routing._evaluation import ConfidenceInterval
+from routing._lambda_search import Strategy
 from routing._state_quality import StateMemos
 
 __all__ = ["METHODS", "ProtocolSettings", "run_protocol"]
@@ -74,6 +75,8 @@ class ProtocolSettings:
     bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.strategy not in ("per_step", "constant"):
+            raise ValueError(f"strategy must be 'per_step' or 'constant', got {self.strategy!r}")
         if self.models not in MODEL_SETS:
             raise ValueError(f"models must be one of {sorted(MODEL_SETS)}, got {self.models!r}")
         if not 0.0 < self.test_size < 1.0:
@@ -81,16 +84,17 @@ class ProtocolSettings:
 
 
 def _make_policy(method: str, budget: float, s: ProtocolSettings) -> Policy:
-    common: dict[str, Any] = {"max_expected_cost": budget, "seed": s.seed}
+    strategy: Strategy = "constant" if s.strategy == "constant" else "per_step"
     if method == "routing":
-        return Router(**common)
-    search = {"strategy": s.strategy, "n_search": s.n_search}
+        return Router(max_expected_cost=budget, seed=s.seed)
     if method == "threshold_cascade":
-        return ThresholdCascade(**common, **search)
+        return ThresholdCascade(max_expected_cost=budget, strategy=strategy, n_search=s.n_search, seed=s.seed)
     if method == "optimal_cascade":
-        return OptimalCascade(**common, **search)
+        return OptimalCascade(max_expected_cost=budget, strategy=strategy, n_search=s.n_search, seed=s.seed)
     if method == "cascade_routing":
-        return CascadeRouter(**common, **search, max_depth=s.max_depth)
+        return CascadeRouter(
+            max_expected_cost=budget, max_depth=s.max_depth, strategy=strategy, n_search=s.n_search, seed=s.seed
+        )
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 

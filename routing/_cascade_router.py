@@ -155,8 +155,8 @@ class _SupermodelPolicy(Policy):
                 dear[ties] = rng.random(int(ties.sum())) < expensive_tie
         # Among tied candidates the cheapest (or dearest) wins; equal costs go to the first in table
         # order, as in the search.
-        key = np.where(tied, np.where(dear[segment], -cost, cost), np.inf)
-        best = tied & (key == np.minimum.reduceat(key, starts)[segment])
+        order_key = np.where(tied, np.where(dear[segment], -cost, cost), np.inf)
+        best = tied & (order_key == np.minimum.reduceat(order_key, starts)[segment])
         hits = np.flatnonzero(best)
         _, first_hit = np.unique(segment[hits], return_index=True)
         pick = first[hits[first_hit]]

@@ -200,8 +200,7 @@ def _qmc_normals(dim: int, n_points: int, seed: int) -> FloatArray:
 def _cov_factor(cov: FloatArray) -> FloatArray:
     """A square root of a covariance matrix, tolerant of semi-definite input (eigenvalues clipped at 0)."""
     try:
-        factor: FloatArray = np.linalg.cholesky(cov + 1e-12 * np.eye(cov.shape[0]))
-        return factor
+        return np.asarray(np.linalg.cholesky(cov + 1e-12 * np.eye(cov.shape[0])), dtype=np.float64)
     except np.linalg.LinAlgError:
         vals, vecs = np.linalg.eigh(cov)
         root: FloatArray = vecs * np.sqrt(np.clip(vals, 0.0, None))

@@ -33,10 +33,10 @@ def argmax_with_ties(
     """Row-wise argmax of ``tau`` (shape (n, k)); ties go to the cheapest or, with probability
     ``expensive_tie``, the most expensive column. Draws happen only for rows with a tie."""
     tied = tau >= tau.max(axis=1, keepdims=True) - tie_tol
-    cheap = np.argmin(np.where(tied, cost, np.inf), axis=1)
+    cheap: IntArray = np.argmin(np.where(tied, cost, np.inf), axis=1).astype(np.intp)
     if expensive_tie is False or (not isinstance(expensive_tie, bool) and expensive_tie <= 0.0):
         return cheap
-    dear = np.argmax(np.where(tied, cost, -np.inf), axis=1)
+    dear: IntArray = np.argmax(np.where(tied, cost, -np.inf), axis=1).astype(np.intp)
     if expensive_tie is True or expensive_tie >= 1.0:
         return dear
     has_tie = tied.sum(axis=1) > 1

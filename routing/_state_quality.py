@@ -163,6 +163,7 @@ class StateQuality:
         use_grid = self.independent
         level_c = np.array([cost_run])
         level_log_f: FloatArray | None = None
+        log_f: FloatArray | None
         if use_grid and r:
             level_log_f = self.grid.log_cdf_of_max(run[None, :])
         levels = () if prefix else _enumeration(tuple(allowed), slots, prefix)
@@ -177,10 +178,10 @@ class StateQuality:
             for i in np.flatnonzero(small).tolist():
                 q_child[i] = self(np.concatenate([run, order[: i + 1]])[None, :])[0]
             if not small.all():
-                log_f = np.cumsum(self.grid.log_cdf[order], axis=0)
+                prefix_log_f = np.cumsum(self.grid.log_cdf[order], axis=0)
                 if level_log_f is not None:
-                    log_f += level_log_f
-                q_child[~small] = self.grid.expected_max_from_log_cdf(log_f[~small])
+                    prefix_log_f += level_log_f
+                q_child[~small] = self.grid.expected_max_from_log_cdf(prefix_log_f[~small])
             q_parts.append(q_child)
             c_parts.append(c_child)
             first_parts.append(np.full(order.shape[0], order[0], dtype=np.intp))

@@ -1,0 +1,35 @@
+"""Smoke tests of the scripts on tiny inputs (each script's entry point, end to end)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts import bench_routing, eval_routerbench_all
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routerbench_tiny"
+
+
+def test_bench_routing_writes_the_documented_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert bench_routing.main(["--models", "3,5", "--queries", "200", "--states", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["decision_us"]) == {"3", "5"}
+    for k in ("3", "5"):
+        d = result["decision_us"][k]
+        assert 0 < d["median"] <= d["p99"]
+        assert d["n"] >= 12
+        assert result["fit_s_per_budget"][k] > 0
+        # The fitted policy keeps roughly to its budget on held-out queries.
+        assert d["test_cost_over_budget"] < 1.5
+
+
+def test_eval_routerbench_all_writes_summary(tmp_path: Path) -> None:
+    rc = eval_routerbench_all.main(
+        ["--data", str(FIXTURE), "--models", "3", "--noise", "low", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"3_low"}
+    assert "cascade_routing" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "3_low.png").exists()
