@@ -34,7 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
     # Data
     rb.add_argument("--data", type=Path, default=None,
                     help="RouterBench CSV folder, CSV file or original .pkl (default: ../shared/data/routerbench)")
-    rb.add_argument("--models", type=int, default=11, help="model set: 3, 5 or 11 (default 11)")
+    rb.add_argument("--models", default="11",
+                    help="the paper's model set (3, 5 or 11; default 11) or comma-separated model names")
     rb.add_argument("--noise", default="low", help="estimator noise: low, medium or high (default low)")
     # Method
     rb.add_argument("--seed", type=int, default=0, help="seed of the estimator noise draw (default 0)")
@@ -61,8 +62,11 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
     from estimators.protocol import METHODS, ProtocolSettings, run_protocol
     from estimators.routerbench import load_routerbench
 
+    models: int | tuple[str, ...] = (
+        int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    )
     settings = ProtocolSettings(
-        models=args.models,
+        models=models,
         noise=args.noise,
         seed=args.seed,
         max_depth=args.max_depth,
@@ -94,7 +98,7 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
         result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs)
 
     out = Console()
-    title = f"RouterBench, {settings.models} models, {settings.noise} noise, seed {settings.seed}: AUC x100"
+    title = f"RouterBench, {len(settings.model_names)} models, {settings.noise} noise, seed {settings.seed}: AUC x100"
     grid = Table(title=title)
     grid.add_column("method")
     grid.add_column("AUC", justify="right")

@@ -62,7 +62,7 @@ METHODS = ("routing", "threshold_cascade", "optimal_cascade", "cascade_routing")
 class ProtocolSettings:
     """Everything that defines one evaluation; saved next to the results."""
 
-    models: int = 11
+    models: int | tuple[str, ...] = 11  # a paper set (3, 5, 11) or model names
     noise: str = "low"
     seed: int = 0  # noise draw; the split keeps the paper's seed
     split_seed: int = 42
@@ -77,8 +77,14 @@ class ProtocolSettings:
     def __post_init__(self) -> None:
         if self.strategy not in ("per_step", "constant"):
             raise ValueError(f"strategy must be 'per_step' or 'constant', got {self.strategy!r}")
-        if self.models not in MODEL_SETS:
-            raise ValueError(f"models must be one of {sorted(MODEL_SETS)}, got {self.models!r}")
+        if isinstance(self.models, int) and self.models not in MODEL_SETS:
+            raise ValueError(f"models must be one of {sorted(MODEL_SETS)} or model names, got {self.models!r}")
+        if isinstance(self.models, tuple) and len(self.models) < 2:
+            raise ValueError(f"name at least two models to route between, got {list(self.models)}")
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return MODEL_SETS[self.models] if isinstance(self.models, int) else self.models
         if not 0.0 < self.test_size < 1.0:
             raise ValueError(f"test_size must be in (0, 1), got {self.test_size!r}")
 
@@ -118,7 +124,7 @@ def run_protocol(
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs!r}")
     started = time.perf_counter()
-    table = table.select_models(MODEL_SETS[settings.models]).sorted_by_cost()
+    table = table.select_models(settings.model_names).sorted_by_cost()
     quality, cost = np.asarray(table.quality), np.asarray(table.cost_usd)
     rows = np.arange(table.n_queries)
     val, test = train_test_split(rows, test_size=settings.test_size, random_state=settings.split_seed)

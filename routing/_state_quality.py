@@ -15,12 +15,22 @@ from functools import cache
 import numpy as np
 from numpy.typing import NDArray
 
-from routing._expected_max import TAIL_SD, IndependentGrid, clark_expected_max, expected_max_qmc
+from routing._expected_max import (
+    TAIL_SD,
+    IndependentGrid,
+    clark_expected_max,
+    expected_max_independent,
+    expected_max_qmc,
+)
 
 __all__ = ["CandidateTable", "StateMemos", "StateQuality", "upper_envelope_mask"]
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
+
+# Up to this many sets per call, score each on its own panels instead of building the shared grid
+# (the grid costs about as much as 30 sets but then makes every further set nearly free).
+_PER_SET_MAX = 24
 
 
 class StateQuality:
@@ -112,7 +122,11 @@ class StateQuality:
                 out[i] = hit
         if todo:
             sub = members[todo]
-            if self.independent:
+            if self.independent and self._grid is None and sub.shape[0] <= _PER_SET_MAX:
+                # A few sets in a live decision: per-set panels beat building the state's grid.
+                assert self.var is not None
+                fresh = expected_max_independent(self.mu[sub], np.sqrt(self.var[sub]))
+            elif self.independent:
                 fresh = self.grid.expected_max(sub)
             else:
                 assert self.cov is not None

@@ -56,3 +56,17 @@ def test_eval_routerbench_bad_input_exits_2_with_one_line(
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_eval_routerbench_accepts_model_names(tmp_path: Path) -> None:
+    out = tmp_path / "names.json"
+    names = "mistralai/mixtral-8x7b-chat,gpt-3.5-turbo-1106,gpt-4-1106-preview"
+    assert main(["eval", "routerbench", "--data", str(FIXTURE), "--models", names, "--json", str(out), *FAST]) == 0
+    assert json.loads(out.read_text())["settings"]["models_used"] == names.split(",")
+
+
+def test_eval_routerbench_unknown_model_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "gpt-4-1106-preview,gpt-9", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gpt-9" in err[0], err
