@@ -81,12 +81,12 @@ class ProtocolSettings:
             raise ValueError(f"models must be one of {sorted(MODEL_SETS)} or model names, got {self.models!r}")
         if isinstance(self.models, tuple) and len(self.models) < 2:
             raise ValueError(f"name at least two models to route between, got {list(self.models)}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size!r}")
 
     @property
     def model_names(self) -> tuple[str, ...]:
         return MODEL_SETS[self.models] if isinstance(self.models, int) else self.models
-        if not 0.0 < self.test_size < 1.0:
-            raise ValueError(f"test_size must be in (0, 1), got {self.test_size!r}")
 
 
 def _make_policy(method: str, budget: float, s: ProtocolSettings) -> Policy:
