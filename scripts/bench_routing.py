@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=2000, help="queries per table (default 2000)")
     parser.add_argument("--states", type=int, default=400, help="decision states timed per K (default 400)")
     parser.add_argument("--max-depth", type=int, default=5, help="cascade routing depth (default 5)")
+    parser.add_argument("--compare-max-k", type=int, default=11,
+                        help="also time full enumeration (no pruning) up to this K (default 11)")
     parser.add_argument("--seed", type=int, default=0)
     # Output
     parser.add_argument("--json", type=Path, default=None, help="write results here")
@@ -78,8 +80,15 @@ def main(argv: list[str] | None = None) -> int:
                 bar.advance(task)
             fit_s[str(k)] = float(np.median(fit_times))
 
-            # Replay: walk held-out queries with each policy, timing every decision on the way.
+            # Replay: walk held-out queries with each policy, timing every decision on the way. For
+            # K <= 11 the same state is also decided by full enumeration (prune=False), side by side.
+            compare = k <= args.compare_max_k
+            unpruned = [
+                CascadeRouter.from_lambdas(p.lambdas_, gamma=p.gamma_, max_depth=args.max_depth, prune=False)
+                for p in policies
+            ]
             times: list[float] = []
+            times_full: list[float] = []
             steps: list[int] = []
             picks = rng.choice(test.shape[0], size=min(args.states, test.shape[0]), replace=False)
             for j, row in enumerate(picks):
@@ -92,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     decision = policy.decide(one, answered, rng=decide_rng)
                     times.append(time.perf_counter() - t0)
+                    if compare:
+                        t0 = time.perf_counter()
+                        full = unpruned[j % len(policies)].decide(one, answered, rng=decide_rng)
+                        times_full.append(time.perf_counter() - t0)
+                        if full != decision:
+                            raise AssertionError(f"pruned and full search disagree at K={k}: {decision} vs {full}")
                     steps.append(int(answered.sum()))
                     if decision.run_next is None:
                         break
@@ -103,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 "mean": float(us.mean()),
                 "n": int(us.shape[0]),
             }
+            if compare:
+                full_us = np.array(times_full) * 1e6
+                decision_us[str(k)]["unpruned_median"] = float(np.median(full_us))
+                decision_us[str(k)]["prune_speedup_median"] = float(np.median(full_us) / np.median(us))
             step_arr = np.array(steps)
             decision_by_step[str(k)] = {
                 str(s): float(np.median(us[step_arr == s])) for s in sorted(set(steps))
@@ -113,12 +132,15 @@ def main(argv: list[str] | None = None) -> int:
             bar.advance(task)
 
     table = Table(title="cascade routing: decision latency (live path) and fit time")
-    for col in ("K", "median us", "p99 us", "decisions", "median us by step", "fit s / budget"):
+    for col in ("K", "median us", "p99 us", "decisions", "median us by step", "unpruned median us", "fit s / budget"):
         table.add_column(col, justify="right")
     for k in ks:
         d = decision_us[str(k)]
         by_step = " ".join(f"{s}:{v:.0f}" for s, v in decision_by_step[str(k)].items())
-        table.add_row(str(k), f"{d['median']:.0f}", f"{d['p99']:.0f}", str(d["n"]), by_step, f"{fit_s[str(k)]:.2f}")
+        full = f"{d['unpruned_median']:.0f} ({d['prune_speedup_median']:.1f}x)" if "unpruned_median" in d else "-"
+        table.add_row(
+            str(k), f"{d['median']:.0f}", f"{d['p99']:.0f}", str(d["n"]), by_step, full, f"{fit_s[str(k)]:.2f}"
+        )
     Console().print(table)
     result: dict[str, Any] = {
         "decision_us": decision_us,
