@@ -58,19 +58,7 @@ class _SupermodelPolicy(Policy):
         if memos is not None and est.q_cov is None:
             return self._decide_from_tables(est, answered, row_ids, bits, depth, lam, expensive_tie, rng, memos)
         for i in range(n):
-            memo = None
-            if memos is not None:
-                key = (row_ids[i], bits[i])
-                memo = memos.get(key)
-                if memo is None:
-                    memo = memos[key] = StateQuality(
-                        est.q_mean[i],
-                        None if est.q_var is None else est.q_var[i],
-                        None if est.q_cov is None else est.q_cov[i],
-                        self.n_qmc_points,
-                        self.seed,
-                        np.flatnonzero(answered[i]),
-                    )
+            memo = None if memos is None else self._memo(memos, row_ids[i], bits[i], est, answered, i)
             decision = search_supermodel(
                 est.q_mean[i],
                 est.cost[i],
@@ -97,6 +85,22 @@ class _SupermodelPolicy(Policy):
         return run_next, answer
 
 
+    def _memo(
+        self, memos: StateMemos, row: int, bits: int, est: Estimates, answered: BoolArray, i: int
+    ) -> StateQuality:
+        """The memo of state (row, answered set), created from batch row ``i`` on first visit."""
+        memo = memos.get((row, bits))
+        if memo is None:
+            memo = memos[(row, bits)] = StateQuality(
+                est.q_mean[i],
+                None if est.q_var is None else est.q_var[i],
+                None if est.q_cov is None else est.q_cov[i],
+                self.n_qmc_points,
+                self.seed,
+                np.flatnonzero(answered[i]),
+            )
+        return memo
+
     def _decide_from_tables(
         self,
         est: Estimates,
@@ -116,17 +120,7 @@ class _SupermodelPolicy(Policy):
         config = (self._order, depth, self._greedy, self.tie_tol)
         tables = []
         for i in range(n):
-            key = (row_ids[i], bits[i])
-            memo = memos.get(key)
-            if memo is None:
-                memo = memos[key] = StateQuality(
-                    est.q_mean[i],
-                    None if est.q_var is None else est.q_var[i],
-                    None,
-                    self.n_qmc_points,
-                    self.seed,
-                    np.flatnonzero(answered[i]),
-                )
+            memo = self._memo(memos, row_ids[i], bits[i], est, answered, i)
             table = memo.tables_by_policy.get(config)
             if table is None:
                 run = np.flatnonzero(answered[i])

@@ -15,7 +15,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from routing import Decision, TableEstimates, expected_max
+from routing import Decision, Estimates, TableEstimates, expected_max
 from routing._expected_max import expected_max_qmc
 
 TIE_TOL = 1e-9  # routing's default tie tolerance
@@ -28,6 +28,18 @@ class BruteForce:
     decision: Decision
     best: frozenset[int]  # S*
     margin: float  # tau(S*) minus the best tau outside the tie set (inf when S* is the only candidate)
+
+
+def one_query(
+    mu: np.ndarray, cost: np.ndarray, var: np.ndarray | None = None, cov: np.ndarray | None = None
+) -> Estimates:
+    """Estimates of a single query, as ``Policy.decide`` takes them."""
+    return Estimates(
+        q_mean=mu[None, :],
+        cost=cost[None, :],
+        q_var=None if var is None else var[None, :],
+        q_cov=None if cov is None else cov[None, :, :],
+    )
 
 
 def supermodel_quality(

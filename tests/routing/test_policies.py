@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import one_query as _one
 
 from routing import (
     CascadeRouter,
@@ -31,13 +32,6 @@ AMBIGUOUS = 1e-5
 QMC_TOL = 3e-3  # error of the 1024-point QMC expected max (test_expected_max.py)
 
 
-def _one(mu: np.ndarray, cost: np.ndarray, var: np.ndarray | None = None, cov: np.ndarray | None = None) -> Estimates:
-    return Estimates(
-        q_mean=mu[None, :],
-        cost=cost[None, :],
-        q_var=None if var is None else var[None, :],
-        q_cov=None if cov is None else cov[None, :, :],
-    )
 
 
 def _search_instances(

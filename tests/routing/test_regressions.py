@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import one_query as _one
 
 from routing import (
     CascadeRouter,
     Decision,
-    Estimates,
     OptimalCascade,
     Router,
     TableEstimates,
@@ -31,13 +31,6 @@ from routing._lambda_search import BUDGET_RTOL
 POLICIES = [Router, ThresholdCascade, OptimalCascade, CascadeRouter]
 
 
-def _one(mu: np.ndarray, cost: np.ndarray, var: np.ndarray | None = None, cov: np.ndarray | None = None) -> Estimates:
-    return Estimates(
-        q_mean=mu[None, :],
-        cost=cost[None, :],
-        q_var=None if var is None else var[None, :],
-        q_cov=None if cov is None else cov[None, :, :],
-    )
 
 
 def _tied_table(n: int, model_cost: list[float]) -> tuple[TableEstimates, np.ndarray, np.ndarray]:
