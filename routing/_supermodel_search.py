@@ -8,10 +8,18 @@ added sets U, kept in increasing index order so each subset appears once (spec �
 - ``order="forward"``: only models above the largest index run so far (``force_order``);
 - ``order="prefix"``: only the next model in list order, so candidates are prefixes (Alg. 2).
 
-Lemma-1 pruning (spec §4.4): a child P ∪ {m} whose marginal quality does not pay for lambda c_m is
-dropped with its descendants; sound because E[max] is submodular in the set. After the argmax, the
-model run next is the cheapest (lowest-index) member of S* \\ R: an explicit rule, where the reference
-got it by accident (spec §8 item 4). Greedy is an explicit one-step lookahead (spec §8 item 8).
+Three ways to the same argmax:
+
+- ``_search_pruned`` (the live path): Lemma-1 pruning (spec §4.4: a child P ∪ {m} whose marginal
+  quality does not pay for lambda c_m is dropped with its descendants, sound because E[max] is
+  submodular) plus branch and bound on pairwise gain bounds;
+- ``_search_all``: plain enumeration, the reference for tests and the no-pruning ablation;
+- candidate tables (``StateQuality.candidate_table``): every candidate of a state scored once and
+  kept if it wins for some lambda, for the simulator, which decides each state for many lambdas.
+
+After the argmax, the model run next is the cheapest (lowest-index) member of S* \\ R: an explicit
+rule, where the reference got it by accident (spec §8 item 4). Greedy is an explicit one-step
+lookahead (spec §8 item 8). Candidates within ``tie_tol`` of the best are ties, broken by cost.
 """
 
 from __future__ import annotations
