@@ -1,6 +1,7 @@
 """The ``cascade`` command line: one entry point, one subcommand per job.
 
     cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
+    cascade validate models.yaml
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
 """
@@ -50,7 +51,44 @@ def _build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="worker processes (default: 2 or the CPU count if lower); results do not depend on it")
     rb.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
+    va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
     return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.config import ConfigError, FleetConfig
+
+    try:
+        fleet = FleetConfig.from_file(args.file)
+    except ConfigError as exc:
+        # Every problem on its own line, each naming its YAML key path.
+        print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.file}: {len(fleet.models)} models, {fleet.total_gpus} GPUs at minimum replicas")
+    for col in ("model id", "source", "accelerator", "GPUs/replica", "replicas"):
+        table.add_column(col)
+    for m in fleet.models:
+        auto = m.deployment_config.get("autoscaling_config") or {}
+        replicas = f"{auto.get('min_replicas', 1)}..{auto.get('max_replicas', 1)}" if auto else str(
+            m.deployment_config.get("num_replicas", 1)
+        )
+        table.add_row(
+            m.model_id, m.model_loading_config.model_source or m.model_id,
+            "cpu" if m.on_cpu else (m.accelerator_type or "any"), str(m.gpus_per_replica), replicas,
+        )
+    console = Console()
+    console.print(table)
+    c = fleet.cascade
+    console.print(f"cascade: policy={c.policy} max_depth={c.max_depth} budget_gpu_s={c.budget_gpu_s} "
+                  f"lambda={c.lambda_} stage_timeout_s={c.stage_timeout_s}")
+    return 0
 
 
 def _eval_routerbench(args: argparse.Namespace) -> int:
@@ -133,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval" and args.benchmark == "routerbench":
             return _eval_routerbench(args)
+        if args.command == "validate":
+            return _validate(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2

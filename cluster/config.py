@@ -1,0 +1,222 @@
+"""The fleet file (``models.yaml``): strict typed config whose errors name the YAML key path.
+
+Each entry of ``models`` is a Ray Serve LLM ``LLMConfig`` mapping (ray 2.60 field names), so Ray
+Serve knowledge transfers; cascade-serve's own settings sit in the sibling ``cascade`` block. This
+module is light (pydantic and PyYAML only): validating a fleet must not import Ray or vLLM. The
+serving layer hands each entry to ``ray.serve.llm.LLMConfig`` when it builds the app.
+
+    fleet = FleetConfig.from_file("models.yaml")   # ConfigError listing "models[2].engine_kwargs...: ..."
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["CascadeSettings", "ConfigError", "FleetConfig", "ModelLoadingConfig", "ModelSpec"]
+
+# The options of ray.serve.deployment (ray 2.60), which LLMConfig.deployment_config forwards. Ray itself
+# ignores unknown keys here, so a typo such as "autoscaling_confg" would silently do nothing.
+DEPLOYMENT_OPTIONS = frozenset(
+    {
+        "name", "version", "num_replicas", "ray_actor_options", "placement_group_bundles",
+        "placement_group_strategy", "placement_group_bundle_label_selector", "max_replicas_per_node",
+        "user_config", "max_ongoing_requests", "max_queued_requests", "backpressure_config",
+        "autoscaling_config", "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s",
+        "health_check_period_s", "health_check_timeout_s", "logging_config", "request_router_config",
+        "max_constructor_retry_count", "gang_scheduling_config", "deployment_actors",
+        "rolling_update_percentage", "max_surge_percent",
+    }
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A fleet file that cannot be used. ``problems`` holds one ``"key.path: message"`` per fault."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ModelLoadingConfig(StrictModel):
+    """Which model to serve (Ray's ModelLoadingConfig)."""
+
+    model_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # the public name in /v1/models
+    model_source: str | None = None  # hub id or local path; None = model_id
+    tokenizer_source: str | None = None
+
+
+class ModelSpec(StrictModel):
+    """One model of the fleet: a Ray Serve LLM ``LLMConfig`` mapping (field names of ray 2.60).
+
+    ``server_cls`` and ``callback_config`` are not accepted: cascade-serve sets the server class.
+    """
+
+    model_loading_config: ModelLoadingConfig
+    llm_engine: Literal["vLLM"] = "vLLM"
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # vLLM engine arguments
+    accelerator_type: str | None = None  # e.g. "H100"; None with accelerator_config {"kind": "cpu"}
+    accelerator_config: dict[str, Any] | None = None
+    placement_group_config: dict[str, Any] | None = None
+    lora_config: dict[str, Any] | None = None
+    deployment_config: dict[str, Any] = Field(default_factory=dict)  # ray.serve.deployment options
+    runtime_env: dict[str, Any] | None = None
+    experimental_configs: dict[str, Any] = Field(default_factory=dict)
+    log_engine_metrics: bool = True
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _check_engine_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs"):
+            if key in value and (not isinstance(value[key], int) or isinstance(value[key], bool) or value[key] < 1):
+                raise ValueError(f"{key} must be a positive integer, got {value[key]!r}")
+        memory = value.get("gpu_memory_utilization")
+        if memory is not None and not (isinstance(memory, int | float) and 0.0 < memory <= 1.0):
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {memory!r}")
+        return value
+
+    @field_validator("deployment_config")
+    @classmethod
+    def _check_deployment_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in sorted(set(value) - DEPLOYMENT_OPTIONS):
+            close = difflib.get_close_matches(key, DEPLOYMENT_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (not a ray.serve.deployment option)"
+            raise ValueError(f"unknown deployment option {key!r}{hint}")
+        return value
+
+    @field_validator("accelerator_config")
+    @classmethod
+    def _check_accelerator_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("kind") not in ("cpu", "gpu", "tpu"):
+            raise ValueError(f"accelerator_config.kind must be 'cpu', 'gpu' or 'tpu', got {value.get('kind')!r}")
+        return value
+
+    @property
+    def model_id(self) -> str:
+        return self.model_loading_config.model_id
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.accelerator_config is not None and self.accelerator_config.get("kind") == "cpu"
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs one replica holds: tensor x pipeline parallel size (0 on CPU)."""
+        if self.on_cpu:
+            return 0
+        return int(self.engine_kwargs.get("tensor_parallel_size", 1)) * int(
+            self.engine_kwargs.get("pipeline_parallel_size", 1)
+        )
+
+
+class CascadeSettings(StrictModel):
+    """cascade-serve's own settings: the policy of the virtual model ``cascade`` and its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    policy: Literal["routing", "cascade", "cascade_routing"] = "cascade_routing"
+    max_depth: int | None = Field(default=None, ge=1)  # at most this many models per query
+    budget_gpu_s: float | None = Field(default=None, gt=0)  # average GPU-seconds per query, fitted to
+    lambda_: float | None = Field(default=None, ge=0, alias="lambda")  # or a fixed multiplier
+    artifacts: Path | None = None  # folder written by `cascade calibrate`
+    stage_timeout_s: float = Field(default=60.0, gt=0)  # per replica call
+
+    @model_validator(mode="after")
+    def _budget_or_lambda(self) -> CascadeSettings:
+        if self.budget_gpu_s is not None and self.lambda_ is not None:
+            raise ValueError("give budget_gpu_s or lambda, not both")
+        return self
+
+
+class FleetConfig(StrictModel):
+    """The whole fleet file."""
+
+    models: list[ModelSpec] = Field(min_length=1)
+    cascade: CascadeSettings = Field(default_factory=CascadeSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> FleetConfig:
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.models):
+            if spec.model_id in seen:
+                first = seen[spec.model_id]
+                raise ValueError(
+                    f"models[{i}].model_loading_config.model_id: {spec.model_id!r} repeats models[{first}]"
+                    " (model ids must be unique)"
+                )
+            seen[spec.model_id] = i
+        if self.cascade.max_depth is not None and self.cascade.max_depth > len(self.models):
+            raise ValueError(
+                f"cascade.max_depth: {self.cascade.max_depth} exceeds the {len(self.models)} models of the fleet"
+            )
+        return self
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m.model_id for m in self.models]
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs at the minimum replica count (autoscaling min_replicas, else num_replicas, else 1)."""
+        return sum(m.gpus_per_replica * _min_replicas(m.deployment_config) for m in self.models)
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "<fleet>") -> FleetConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(source, [f"the top level must be a mapping with 'models', got {type(data).__name__}"])
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FleetConfig:
+        """Load and validate a fleet file; ``ConfigError`` names the key path of every problem."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(str(path), ["file not found"]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise ConfigError(str(path), [f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        return cls.from_mapping(data, source=str(path))
+
+
+def _min_replicas(deployment_config: dict[str, Any]) -> int:
+    autoscaling = deployment_config.get("autoscaling_config") or {}
+    if "min_replicas" in autoscaling:
+        return max(int(autoscaling["min_replicas"]), 0)
+    replicas = deployment_config.get("num_replicas", 1)
+    return int(replicas) if isinstance(replicas, int) else 1
+
+
+def _describe(err: Any) -> str:
+    """One pydantic error as ``key.path[i].leaf: message``, with the YAML key names."""
+    parts: list[str] = []
+    for item in err["loc"]:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + ("lambda" if item == "lambda_" else str(item)))
+    path = "".join(parts)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (typo?)"
+    if message.startswith(("models[", "cascade.")):
+        return message  # cross-field checks name their own path
+    return f"{path}: {message}" if path else message
