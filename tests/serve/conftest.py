@@ -1,0 +1,33 @@
+"""Real-engine tests: tiny models built once per session, vLLM configured for a 2-core CPU machine.
+
+The environment is fixed here, before any test imports vllm (shared/docs/cpu-stack.md §4): one
+engine in-process, one OpenMP thread (else 25x slower under contention), no torch.compile on the
+first logprobs request, 1 GiB of KV cache, no hub access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _key, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "OMP_NUM_THREADS": "1",
+    "TORCHDYNAMO_DISABLE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    pytest.importorskip("transformers", reason="the cpu extra is not installed")
+    from cluster.tiny_models import TINY_FLEET, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: build_tiny_model(root / name, spec) for name, spec in TINY_FLEET.items()}
