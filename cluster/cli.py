@@ -2,6 +2,7 @@
 
     cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
     cascade validate models.yaml
+    cascade models build --out .cache/tiny
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
 """
@@ -52,9 +53,27 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="worker processes (default: 2 or the CPU count if lower); results do not depend on it")
     rb.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    mo = sub.add_parser("models", help="the embedded CPU fleet's tiny models")
+    mo_sub = mo.add_subparsers(dest="models_command", required=True)
+    mb = mo_sub.add_parser("build", help="build the tiny Qwen2 models of models.cpu.yaml (deterministic, cached)")
+    mb.add_argument("--out", type=Path, default=Path(".cache/tiny"), help="folder (default .cache/tiny)")
+
     va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
     va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
     return parser
+
+
+def _build_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cluster.tiny_models import TINY_FLEET, build_tiny_model
+
+    console = Console(stderr=True)
+    for name, spec in TINY_FLEET.items():
+        with console.status(f"building {name} (hidden {spec.hidden}, {spec.layers} layers)"):
+            path = build_tiny_model(args.out / name, spec)
+        console.print(f"{name}: {path}")
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -173,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval_routerbench(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "models" and args.models_command == "build":
+            return _build_models(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +122,23 @@ def test_cli_validate_ok_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "1 problem(s)" in err and "models[0].engine_kwarg: unknown key" in err
 
 
+def test_cpu_fleet_file_matches_the_tiny_models() -> None:
+    from cluster.tiny_models import TINY_FLEET
+
+    fleet = FleetConfig.from_file(REPO / "models.cpu.yaml")
+    assert fleet.model_ids == list(TINY_FLEET)
+    assert all(m.on_cpu and m.model_loading_config.model_source == f".cache/tiny/{m.model_id}" for m in fleet.models)
+    assert fleet.total_gpus == 0
+    # Replicas take no logical CPU, or two engines and the controller never schedule on 2 CPUs.
+    assert all(m.deployment_config["ray_actor_options"]["num_cpus"] == 0 for m in fleet.models)
+
+
 @pytest.mark.slow
-def test_entries_are_real_ray_llm_configs() -> None:
-    """Each entry is accepted by ray.serve.llm.LLMConfig (needs the cpu/gpu extra; skipped without Ray)."""
+@pytest.mark.parametrize("name", ["models.yaml", "models.cpu.yaml"])
+def test_entries_are_real_ray_llm_configs(name: str) -> None:
+    """Each entry is accepted by ray.serve.llm.LLMConfig (the cpu extra, which CI installs, brings Ray)."""
     llm = pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
-    for spec in FleetConfig.from_file(REPO / "models.yaml").models:
+    for spec in FleetConfig.from_file(REPO / name).models:
         config = llm.LLMConfig.model_validate(spec.model_dump(exclude_none=True))
         assert config.model_id == spec.model_id
-    assert "vllm" in sys.modules or "ray" in sys.modules
+        assert (config.accelerator_config is not None and config.accelerator_config.kind == "cpu") == spec.on_cpu
