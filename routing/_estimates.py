@@ -53,15 +53,6 @@ class Estimates:
     def n_models(self) -> int:
         return int(self.q_mean.shape[1])
 
-    def row(self, i: int) -> Estimates:
-        """The estimates of query ``i`` as a batch of one."""
-        return Estimates(
-            q_mean=self.q_mean[i : i + 1],
-            cost=self.cost[i : i + 1],
-            q_var=None if self.q_var is None else self.q_var[i : i + 1],
-            q_cov=None if self.q_cov is None else self.q_cov[i : i + 1],
-        )
-
 
 def validate_estimates(
     q_mean: FloatArray, cost: FloatArray, q_var: FloatArray | None, q_cov: FloatArray | None
