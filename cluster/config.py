@@ -53,7 +53,7 @@ class ModelLoadingConfig(StrictModel):
     """Which model to serve (Ray's ModelLoadingConfig)."""
 
     model_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")  # the public name in /v1/models
-    model_source: str | None = None  # hub id or local path; None = model_id
+    model_source: str | None = None  # hub id or local path (relative: to the fleet file); None = model_id
     tokenizer_source: str | None = None
 
 
@@ -194,7 +194,21 @@ class FleetConfig(StrictModel):
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
             raise ConfigError(str(path), [f"{where}invalid YAML ({getattr(exc, 'problem', exc)})"]) from None
-        return cls.from_mapping(data, source=str(path))
+        return cls.from_mapping(data, source=str(path)).with_sources_relative_to(path.parent)
+
+    def with_sources_relative_to(self, folder: Path) -> FleetConfig:
+        """Local model sources written as relative paths (``./``, ``../``, ``.cache/…``) resolved
+        against ``folder``, so a fleet file works from any working directory; hub ids such as
+        ``Qwen/Qwen2.5-7B-Instruct`` and absolute paths are left as they are."""
+        models = []
+        for spec in self.models:
+            source = spec.model_loading_config.model_source
+            if source is not None and source.startswith("."):
+                resolved = str((folder / source).resolve())
+                loading = spec.model_loading_config.model_copy(update={"model_source": resolved})
+                spec = spec.model_copy(update={"model_loading_config": loading})
+            models.append(spec)
+        return self.model_copy(update={"models": models})
 
 
 def _min_replicas(deployment_config: dict[str, Any]) -> int:

@@ -107,6 +107,26 @@ def test_invalid_yaml_gives_line_and_column(tmp_path: Path) -> None:
         FleetConfig.from_file(path)
 
 
+def test_relative_local_sources_resolve_against_the_fleet_file(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "fleet").mkdir()
+    path = tmp_path / "fleet" / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - model_loading_config: {model_id: a, model_source: .cache/tiny/a}\n"
+        "  - model_loading_config: {model_id: b, model_source: Qwen/Qwen2.5-7B-Instruct}\n"
+        "  - model_loading_config: {model_id: c, model_source: /abs/models/c}\n"
+        "  - model_loading_config: {model_id: d, model_source: ../shared/d}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the working directory must not matter
+    sources = [m.model_loading_config.model_source for m in FleetConfig.from_file("fleet/models.yaml").models]
+    assert sources == [
+        str(tmp_path / "fleet" / ".cache" / "tiny" / "a"),
+        "Qwen/Qwen2.5-7B-Instruct",
+        "/abs/models/c",
+        str(tmp_path / "shared" / "d"),
+    ]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         FleetConfig.from_file(tmp_path / "nope.yaml")
@@ -127,7 +147,9 @@ def test_cpu_fleet_file_matches_the_tiny_models() -> None:
 
     fleet = FleetConfig.from_file(REPO / "models.cpu.yaml")
     assert fleet.model_ids == list(TINY_FLEET)
-    assert all(m.on_cpu and m.model_loading_config.model_source == f".cache/tiny/{m.model_id}" for m in fleet.models)
+    sources = [m.model_loading_config.model_source for m in fleet.models]
+    assert sources == [str(REPO / ".cache" / "tiny" / name) for name in TINY_FLEET]
+    assert all(m.on_cpu for m in fleet.models)
     assert fleet.total_gpus == 0
     # Replicas take no logical CPU, or two engines and the controller never schedule on 2 CPUs.
     assert all(m.deployment_config["ray_actor_options"]["num_cpus"] == 0 for m in fleet.models)
