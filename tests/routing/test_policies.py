@@ -475,3 +475,38 @@ def test_decide_rejects_mismatched_state() -> None:
     two = Estimates(q_mean=np.full((2, 3), 0.5), cost=np.ones((2, 3)))
     with pytest.raises(ValueError, match="one query"):
         policy.decide(two, np.zeros(3, dtype=bool))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_simulator_tables_decide_exactly_as_the_search(seed: int) -> None:
+    """Rollouts with per-state candidate tables (memos) equal the per-row live search, gamma draws
+    included: the tables are an optimisation, never a different policy."""
+    rng = np.random.default_rng(seed)
+    n, k = 60, int(rng.integers(2, 7))
+    q_ante = rng.uniform(0, 1, (n, k))
+    tied = seed == 0  # all estimates equal: every decision is a tie, gamma decides
+    if tied:
+        q_ante[:] = 0.5
+    table = TableEstimates(
+        q_ante=q_ante,
+        q_post=q_ante if tied else np.clip(q_ante + rng.normal(0, 0.2, (n, k)), 0, 1),
+        var_ante=np.zeros((n, k)) if tied else rng.uniform(0.01, 0.1, (n, k)),
+        var_post=np.zeros((n, k)) if tied else np.full((n, k), 1e-6),
+        cost_ante=(c := np.sort(rng.lognormal(0, 1, (n, k)), axis=1)),
+        cost_post=c,
+    )
+    quality = (rng.random((n, k)) < q_ante).astype(float)
+    policies = [
+        CascadeRouter.from_lambdas(list(rng.uniform(0, 0.3, k)), gamma=0.4, max_depth=int(rng.integers(1, k + 1))),
+        CascadeRouter.from_lambdas([0.05] * k, gamma=0.5, force_order=True),
+        CascadeRouter.from_lambdas([0.05] * k, gamma=0.5, greedy=True),
+        OptimalCascade.from_lambdas(list(rng.uniform(0, 0.3, k)), gamma=0.3),
+        # lambda = 0: with equal estimates every candidate ties, so only gamma's draws decide.
+        CascadeRouter.from_lambdas([0.0] * k, gamma=0.5, max_depth=min(3, k)),
+        OptimalCascade.from_lambdas([0.0] * k, gamma=0.5),
+    ]
+    for policy in policies:
+        search = rollout(policy, table, quality, c, rng=np.random.default_rng(7))
+        tables = rollout(policy, table, quality, c, rng=np.random.default_rng(7), memos={})
+        np.testing.assert_array_equal(tables.answer_from, search.answer_from)
+        np.testing.assert_array_equal(tables.cost, search.cost)
