@@ -53,10 +53,14 @@ class _SupermodelPolicy(Policy):
         answer = np.full(n, -1, dtype=np.intp)
         depth = min(lambdas.shape[0], self.n_steps(n_models))
         lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
-        bits = (answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))).tolist()
-        row_ids = rows.tolist()
-        if memos is not None and est.q_cov is None:
-            return self._decide_from_tables(est, answered, row_ids, bits, depth, lam, expensive_tie, rng, memos)
+        # Memo keys (row, bitmask of answered models) only matter to the simulator, not a live decision.
+        bits: list[int] = []
+        row_ids: list[int] = []
+        if memos is not None:
+            bits = (answered.astype(np.int64) @ (np.int64(1) << np.arange(n_models, dtype=np.int64))).tolist()
+            row_ids = rows.tolist()
+            if est.q_cov is None:
+                return self._decide_from_tables(est, answered, row_ids, bits, depth, lam, expensive_tie, rng, memos)
         for i in range(n):
             memo = None if memos is None else self._memo(memos, row_ids[i], bits[i], est, answered, i)
             decision = search_supermodel(
@@ -76,7 +80,6 @@ class _SupermodelPolicy(Policy):
                 n_qmc_points=self.n_qmc_points,
                 seed=self.seed,
                 memo=memo,
-                use_table=memo is not None,
             )
             if decision.run_next is not None:
                 run_next[i] = decision.run_next

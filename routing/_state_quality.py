@@ -69,8 +69,7 @@ class StateQuality:
         self.values: dict[int, float] = {}
         self._grid: IndependentGrid | None = None
         self._pair_gains: FloatArray | None = None
-        self._tables: dict[tuple[tuple[int, ...], int, bool, bool, float], CandidateTable] = {}
-        # The same tables keyed by the deciding policy's settings, for the simulator's fast path.
+        # Candidate tables of this state, keyed by the deciding policy's settings (the simulator's).
         self.tables_by_policy: dict[tuple[str, int, bool, float], CandidateTable] = {}
 
     @property
@@ -154,14 +153,11 @@ class StateQuality:
         """Every candidate supermodel of this state, scored once, kept if it can win for some lambda.
 
         Enumerates added lists U in increasing order (prefixes if ``prefix``; |U| <= 1 if ``greedy``)
-        within ``depth``, exactly the candidates of the unpruned search, and scores them with the
-        same methods (mu, Clark, shared grid), so decisions match the search's (values agree to ~1e-15).
-        Independent sets grow one model at a time on the grid: log F(S + x) = log F(S) + log Phi_x.
+        within ``depth``, exactly the candidates of the unpruned search. Sets of three or more are
+        scored on the state's shared grid, growing one model at a time: log F(S + x) = log F(S) +
+        log Phi_x. The live search scores few sets per-set instead; the two agree to about 1e-7,
+        below the tie tolerance, so decisions agree. Callers cache the table (``tables_by_policy``).
         """
-        key = (tuple(allowed), depth, prefix, greedy, tie_tol)
-        table = self._tables.get(key)
-        if table is not None:
-            return table
         r = run.shape[0]
         q_parts: list[FloatArray] = []
         c_parts: list[FloatArray] = []
@@ -224,7 +220,6 @@ class StateQuality:
             quality, total_cost, first = quality[keep], total_cost[keep], first[keep]
         # (Small tables are kept whole: the envelope only saves lookup work, never changes a decision.)
         table = CandidateTable(quality, total_cost, first)
-        self._tables[key] = table
         # The grid served only to build the table; states are many, keep memory small.
         self._grid = None
         return table

@@ -85,7 +85,6 @@ def search_supermodel(
     n_qmc_points: int = DEFAULT_QMC_POINTS,
     seed: int = 0,
     memo: StateQuality | None = None,
-    use_table: bool = False,
 ) -> Decision:
     """Decide the next step for one query (algorithm-spec §4.6).
 
@@ -113,11 +112,6 @@ def search_supermodel(
     memo : StateQuality, optional
         The memo of this query state (same estimates, same answered set): values of scored sets and
         the quadrature grid. Reusing it across decisions in the same state makes simulation cheap.
-    use_table : bool
-        With a memo and no correlated uncertainty: score every candidate of the state once and keep
-        those that win for some lambda (``StateQuality.candidate_table``); later decisions in the
-        state, for any lambda, are a lookup. Same decisions as the search; for simulation, where a
-        state is decided for dozens of lambdas.
     """
     n_models = mu.shape[0]
     run = np.flatnonzero(answered)
@@ -132,11 +126,6 @@ def search_supermodel(
         return Decision(None, answer_from)
 
     quality = memo if memo is not None else StateQuality(mu, var, cov, n_qmc_points, seed, run)
-    if use_table and memo is not None and cov is None:
-        table = memo.candidate_table(run, allowed, depth, order == "prefix", greedy, cost, tie_tol)
-        first = _pick(table.quality - lam * table.cost, table.cost, table.first.tolist(),
-                      expensive_tie, rng, tie_tol)
-        return Decision(None, answer_from) if first < 0 else Decision(first, None)
     cost_run = float(cost[run].sum()) if r else 0.0
 
     # Every candidate kept for the final argmax: tau, total cost, first added model (-1 = stop).
