@@ -33,3 +33,18 @@ def test_eval_routerbench_all_writes_summary(tmp_path: Path) -> None:
     assert set(summary) == {"3_low"}
     assert "cascade_routing" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "3_low.png").exists()
+
+
+def _result(diff_low: float, diff_high: float) -> dict[str, object]:
+    auc = {"cascade_routing": 90.0, "routing": 89.0, "optimal_cascade": 90.0 + (diff_low + diff_high) / 2}
+    diff = {"mean": (diff_low + diff_high) / 2, "low": diff_low, "high": diff_high}
+    return {
+        "auc": auc,
+        "ci": {"diff_vs_cascade_routing": {"routing": {"mean": -1, "low": -2, "high": -0.5}, "optimal_cascade": diff}},
+    }
+
+
+def test_at_least_ties_follows_the_paired_ci() -> None:
+    assert eval_routerbench_all.at_least_ties(_result(-0.5, -0.1))  # significantly below CR
+    assert eval_routerbench_all.at_least_ties(_result(-0.1, 0.3))  # CI spans 0: a tie
+    assert not eval_routerbench_all.at_least_ties(_result(0.1, 0.4))  # significantly above CR
