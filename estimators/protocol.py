@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,9 +27,11 @@ from estimators.routerbench import MODEL_SETS, RouterBenchTable
 from estimators.simulated import draw_noise, simulated_estimates
 from routing import (
     CascadeRouter,
+    ConfidenceInterval,
     OptimalCascade,
     Policy,
     Router,
+    StateMemos,
     TableEstimates,
     ThresholdCascade,
     area_under_curve,
@@ -42,9 +44,6 @@ from routing import (
     rollout,
     single_model_points,
 )
-from routing._evaluation import ConfidenceInterval
-from routing._lambda_search import Strategy
-from routing._state_quality import StateMemos
 
 __all__ = ["METHODS", "ProtocolSettings", "run_protocol"]
 
@@ -90,7 +89,7 @@ class ProtocolSettings:
 
 
 def _make_policy(method: str, budget: float, s: ProtocolSettings) -> Policy:
-    strategy: Strategy = "constant" if s.strategy == "constant" else "per_step"
+    strategy: Literal["constant", "per_step"] = "constant" if s.strategy == "constant" else "per_step"
     if method == "routing":
         return Router(max_expected_cost=budget, seed=s.seed)
     if method == "threshold_cascade":

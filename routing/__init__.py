@@ -25,6 +25,7 @@ from routing._expected_max import clark_expected_max, expected_max
 from routing._lambda_search import LambdaFit, fit_lambdas
 from routing._routing_lp import Router
 from routing._simulate import Rollout, rollout
+from routing._state_quality import StateMemos
 from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
 
@@ -41,6 +42,7 @@ __all__ = [
     "Policy",
     "Rollout",
     "Router",
+    "StateMemos",
     "TableEstimates",
     "ThresholdCascade",
     "area_under_curve",

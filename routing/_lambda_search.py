@@ -38,13 +38,16 @@ BUDGET_RTOL = 1e-12
 
 @dataclass(frozen=True, slots=True)
 class LambdaFit:
-    """Result of a fit: the multipliers, gamma, and the validation cost/quality they reach."""
+    """Result of a fit: the multipliers, gamma, and the validation cost/quality they reach.
+
+    ``cost`` and ``quality`` are with cheapest tie-breaks; ``cost_expensive_ties`` with the dearest,
+    and gamma mixes the two so the expected cost meets the budget.
+    """
 
     lambdas: FloatArray
     gamma: float
     cost: float
     quality: float
-    cost_cheapest_ties: float
     cost_expensive_ties: float
     n_evaluations: int
 
@@ -127,4 +130,4 @@ def fit_lambdas(
         gamma = float(np.clip((budget - best_cost) / (cost_expensive - best_cost), 0.0, 1.0))
     else:
         gamma = 0.0
-    return LambdaFit(best_lam, gamma, best_cost, best_quality, best_cost, cost_expensive, calls)
+    return LambdaFit(best_lam, gamma, best_cost, best_quality, cost_expensive, calls)
