@@ -3,6 +3,9 @@
     cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
     cascade validate models.yaml
     cascade models build --out .cache/tiny
+    cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
+    cascade status / cascade down [--stop-ray]
+    cascade demo                               # local CPU fleet, a few prompts through the cascade
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +64,113 @@ def _build_parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
     va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
+
+    up = sub.add_parser("up", help="deploy a fleet file on Ray Serve and wait until every model is ready")
+    up.add_argument("file", type=Path, help="fleet file (models.yaml, models.cpu.yaml)")
+    _add_cluster_args(up)
+    up.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
+
+    st = sub.add_parser("status", help="the deployed fleet: Serve deployments and the controller's /health")
+    _add_cluster_args(st)
+
+    dn = sub.add_parser("down", help="delete the deployed fleet")
+    dn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or the local one)")
+    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head node (`ray stop`)")
+
+    de = sub.add_parser("demo", help="build the tiny models, bring up the CPU fleet locally, run prompts through "
+                        "the cascade and print each answer with its routing trace")
+    de.add_argument("--fleet", type=Path, default=Path("models.cpu.yaml"), help="fleet file (default models.cpu.yaml)")
+    de.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    de.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
     return parser
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, a local cluster, or "
+                   "a new local head node)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host of the endpoint (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cluster.config import FleetConfig
+    from cluster.fleet import connect, deploy, wait_ready
+
+    FleetConfig.from_file(args.file)  # a bad file fails here, before any cluster work
+    console = Console(stderr=True)
+    with console.status("connecting to Ray") as status:
+        how = connect(args.address, start_local=True)
+        status.update(f"deploying {args.file} ({how} Ray cluster)")
+        deploy(FleetConfig.from_file(args.file), host=args.host, port=args.port)
+        url = f"http://{args.host}:{args.port}"
+
+        def show(body: dict[str, Any]) -> None:
+            models = body.get("models") or {}
+            status.update("waiting for models: " + ", ".join(f"{m} {v}" for m, v in models.items()))
+
+        wait_ready(url, args.timeout, show)
+    console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ray import serve
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.fleet import APP_NAME, connect, fetch_health
+
+    if args.address is None and not _ray_running():
+        print("cascade: no Ray cluster is running (start one with `cascade up FILE`)", file=sys.stderr)
+        return 1
+    connect(args.address, start_local=False)
+    apps = serve.status().applications
+    if APP_NAME not in apps:
+        print("cascade: no fleet is deployed (`cascade up FILE`)", file=sys.stderr)
+        return 1
+    app = apps[APP_NAME]
+    table = Table(title=f"application {APP_NAME}: {app.status}")
+    for col in ("deployment", "status", "replicas"):
+        table.add_column(col)
+    for name, dep in app.deployments.items():
+        table.add_row(name, str(dep.status), ", ".join(f"{k}: {v}" for k, v in dep.replica_states.items()))
+    console = Console()
+    console.print(table)
+    code, body = fetch_health(f"http://{args.host}:{args.port}")
+    console.print(f"GET /health -> {code or 'no answer'} {json.dumps(body) if body else ''}")
+    return 0 if code == 200 else 1
+
+
+def _ray_running() -> bool:
+    from cluster.fleet import _local_cluster_running
+
+    return bool(os.environ.get("RAY_ADDRESS")) or _local_cluster_running()
+
+
+def _down(args: argparse.Namespace) -> int:
+    from cluster.fleet import connect, shutdown_app
+
+    if args.address is None and not _ray_running():
+        print("cascade: no Ray cluster is running; nothing to take down", file=sys.stderr)
+        return 0
+    connect(args.address, start_local=False)
+    deleted = shutdown_app()
+    print("deleted the cascade application" if deleted else "no cascade application was deployed")
+    if args.stop_ray:
+        import ray
+
+        ray.shutdown()
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], check=False, capture_output=True)
+        print("stopped the local Ray head node")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cluster.demo import run_demo
+
+    return run_demo(args.fleet, port=args.port, timeout_s=args.timeout)
 
 
 def _build_models(args: argparse.Namespace) -> int:
@@ -185,6 +295,8 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import ConfigError
+
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
@@ -194,6 +306,19 @@ def main(argv: list[str] | None = None) -> int:
             return _validate(args)
         if args.command == "models" and args.models_command == "build":
             return _build_models(args)
+        if args.command == "up":
+            return _up(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "down":
+            return _down(args)
+        if args.command == "demo":
+            return _demo(args)
+    except ConfigError as exc:
+        print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2

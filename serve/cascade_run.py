@@ -1,0 +1,294 @@
+"""One request through the virtual model ``cascade``: estimate, run, re-estimate, accept or escalate.
+
+Ray-free on purpose: the replicas are reached through an injected ``call(model, endpoint, body)``
+coroutine (a Serve handle call in the controller, a fake in unit tests), so the loop's logic is tested
+without an engine and its real-stack counterpart runs through HTTP.
+
+The loop (algorithm-spec §4): the live estimators give every available model's quality (ex-ante, or
+post-hoc from its answer) and cost in GPU-seconds; the policy (routing, cascade or cascade routing,
+from ``routing/``) picks the next model or stops; a stage that fails or times out is dropped and the
+policy re-decides without that model. The answer returned is the answered model with the highest
+quality estimate. Every stage asks its replica for token logprobs (the post-hoc feature); they are
+removed from the returned answer unless the client asked for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
+from routing import CascadeRouter, Estimates, OptimalCascade, Policy
+from serve.errors import ApiError
+
+__all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "query_info", "run_cascade", "stage_result"]
+
+PolicyName = Literal["routing", "cascade", "cascade_routing"]
+Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+# Cost estimates need an answer length; OpenAI's own default for max_tokens is "up to the context".
+DEFAULT_MAX_TOKENS_FOR_COST = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeKnobs:
+    policy: PolicyName
+    lambda_: float  # quality per GPU-second
+    max_depth: int
+    models: tuple[str, ...] | None = None  # restrict the candidates (None: the whole fleet)
+
+
+def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> CascadeKnobs:
+    """The per-request ``"cascade": {...}`` object (sent with the SDK's ``extra_body``), strictly."""
+    if raw is None:
+        return default
+    n_models = len(fleet)
+    if not isinstance(raw, dict):
+        raise ApiError(400, "cascade must be an object like {\"lambda\": 0.5, \"max_depth\": 2}", param="cascade")
+    unknown = sorted(set(raw) - {"lambda", "max_depth", "policy", "models"})
+    if unknown:
+        raise ApiError(400, f"cascade.{unknown[0]}: unknown knob (known: lambda, max_depth, policy, models)",
+                       param=f"cascade.{unknown[0]}")
+    models = raw.get("models")
+    if models is not None:
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+            raise ApiError(400, "cascade.models must be a non-empty list of model ids", param="cascade.models")
+        strange = [m for m in models if m not in fleet]
+        if strange:
+            raise ApiError(400, f"cascade.models: unknown model {strange[0]!r}; served: {', '.join(fleet)}",
+                           param="cascade.models")
+        models = tuple(m for m in fleet if m in models)
+    lam = raw.get("lambda", default.lambda_)
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        raise ApiError(400, f"cascade.lambda must be a finite number >= 0, got {lam!r}", param="cascade.lambda")
+    depth = raw.get("max_depth", default.max_depth)
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= n_models:
+        raise ApiError(400, f"cascade.max_depth must be an integer in [1, {n_models}], got {depth!r}",
+                       param="cascade.max_depth")
+    policy = raw.get("policy", default.policy)
+    if policy not in ("routing", "cascade", "cascade_routing"):
+        raise ApiError(400, f"cascade.policy must be routing, cascade or cascade_routing, got {policy!r}",
+                       param="cascade.policy")
+    if models is not None:
+        depth = min(depth, len(models))
+    return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models)
+
+
+def _policy(knobs: CascadeKnobs) -> Policy:
+    # One multiplier per step: the policies take as many steps as they have lambdas.
+    if knobs.policy == "cascade":
+        return OptimalCascade.from_lambdas([knobs.lambda_] * knobs.max_depth, max_depth=knobs.max_depth)
+    depth = 1 if knobs.policy == "routing" else knobs.max_depth
+    return CascadeRouter.from_lambdas([knobs.lambda_] * depth, max_depth=depth)
+
+
+def query_info(endpoint: str, body: dict[str, Any]) -> QueryInfo:
+    """Text and size of the query, before any replica tokenized it (characters / 4 per token)."""
+    if endpoint == "chat":
+        messages = body.get("messages")
+        parts = []
+        for m in messages if isinstance(messages, list) else []:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):
+                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        text = "\n".join(parts)
+    else:
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt)) if isinstance(prompt, list) else ""
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS_FOR_COST
+    return QueryInfo(text=text, prompt_tokens=len(text) // 4 + 1, max_tokens=int(max_tokens))
+
+
+def stage_result(model: str, endpoint: str, response: dict[str, Any]) -> StageResult:
+    """Tokens, logprobs and the engine's timing split from a replica's response."""
+    usage = response.get("usage") or {}
+    metrics = response.get("metrics") or {}
+    choice = (response.get("choices") or [{}])[0]
+    logprobs = choice.get("logprobs") or {}
+    if endpoint == "chat":
+        token_logprobs = tuple(float(t["logprob"]) for t in logprobs.get("content") or [])
+    else:
+        token_logprobs = tuple(float(x) for x in logprobs.get("token_logprobs") or [] if x is not None)
+    return StageResult(
+        model=model,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        token_logprobs=token_logprobs,
+        queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
+        prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
+        decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
+    )
+
+
+@dataclass
+class CascadeOutcome:
+    """The answer to return and the trace of every stage."""
+
+    response: dict[str, Any]
+    served_model: str
+    stages: list[dict[str, Any]]
+    total_gpu_s: float
+    decide_s: list[float] = field(default_factory=list)
+
+
+def _stage_body(endpoint: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in ("cascade", "stream", "stream_options")}
+    out["model"] = model
+    if endpoint == "chat":
+        out["logprobs"] = True
+    elif not out.get("logprobs"):
+        out["logprobs"] = 1
+    return out
+
+
+def _strip_logprobs(endpoint: str, body: dict[str, Any], response: dict[str, Any]) -> None:
+    asked = body.get("logprobs")
+    if asked:
+        return
+    for choice in response.get("choices") or []:
+        choice.pop("logprobs", None)
+
+
+async def run_cascade(
+    endpoint: str,
+    body: dict[str, Any],
+    models: Sequence[str],
+    call: Call,
+    quality: QualityEstimator,
+    cost: CostEstimator,
+    knobs: CascadeKnobs,
+    *,
+    stage_timeout_s: float,
+    on_stage_failure: Callable[[str, BaseException | ApiError], None] | None = None,
+) -> CascadeOutcome:
+    """Run one cascade request over the available ``models`` (module docstring).
+
+    Raises ``ApiError``: the replica's 4xx for a bad request, 503 with Retry-After when no model
+    could answer.
+    """
+    query = query_info(endpoint, body)
+    candidates = list(models)
+    if not candidates:
+        raise ApiError(503, "no model replica is ready yet", retry_after_s=5)
+    policy = _policy(knobs)
+    rng = np.random.default_rng(0)
+    stages: dict[str, StageResult] = {}
+    responses: dict[str, dict[str, Any]] = {}
+    trace: list[dict[str, Any]] = []
+    decide_s: list[float] = []
+    failed: set[str] = set()
+    last_client_error: ApiError | None = None
+    chosen: str | None = None
+
+    # The policies take models in increasing cost order (a cascade's order, the "cheapest new model
+    # runs first" rule): sorted once by the ex-ante cost, so answered models stay a prefix of it.
+    t0 = time.perf_counter()
+    ante = cost.predict(query, candidates, {})
+    candidates = [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: (float(ante[i]), i))]
+    while True:
+        ordered = [m for m in candidates if m not in failed]
+        if not ordered:
+            break
+        if decide_s:
+            t0 = time.perf_counter()
+        costs = cost.predict(query, ordered, stages)
+        q_mean, q_var = quality.predict(query, ordered, stages)
+        answered = np.array([m in stages for m in ordered])
+        est = Estimates(q_mean=q_mean[None, :], cost=costs[None, :], q_var=q_var[None, :])
+        depth_left = knobs.max_depth - len(stages)
+        decision = policy.decide(est, answered, rng=rng) if depth_left > 0 else None
+        decide_s.append(time.perf_counter() - t0)
+        if decision is None or decision.run_next is None:
+            if stages:
+                chosen = max(stages, key=lambda m: (float(q_mean[ordered.index(m)]), -ordered.index(m)))
+            break
+        model = ordered[decision.run_next]
+        estimate = float(q_mean[decision.run_next])
+        try:
+            stage_call = call(model, endpoint, _stage_body(endpoint, body, model))
+            response = await asyncio.wait_for(stage_call, stage_timeout_s)
+            if "error" in response:
+                raise ApiError.from_body(response)
+        except ApiError as err:
+            if err.status < 500 and err.code != "context_length_exceeded":
+                raise  # a bad request is bad on every model
+            last_client_error = err if err.status < 500 else last_client_error
+            failed.add(model)
+            trace.append({"model": model, "decision": "error", "quality_estimate": estimate, "error": err.message})
+            if on_stage_failure is not None and err.status >= 500:
+                on_stage_failure(model, err)
+            continue
+        except TimeoutError as exc:
+            failed.add(model)
+            trace.append({"model": model, "decision": "error", "quality_estimate": estimate,
+                          "error": f"no answer within {stage_timeout_s:g} s"})
+            if on_stage_failure is not None:
+                on_stage_failure(model, exc)
+            continue
+        except Exception as exc:  # a dead replica, a backpressure rejection, a lost actor
+            failed.add(model)
+            trace.append({"model": model, "decision": "error", "quality_estimate": estimate,
+                          "error": f"{type(exc).__name__}: {exc}"})
+            if on_stage_failure is not None:
+                on_stage_failure(model, exc)
+            continue
+        result = stage_result(model, endpoint, response)
+        stages[model] = result
+        responses[model] = response
+        quality.observe(query, result)
+        cost.observe(query, result)
+        trace.append({
+            "model": model,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "gpu_ms": round(result.gpu_s * 1e3, 3),
+            "queue_time_ms": round(result.queue_s * 1e3, 3),
+            "time_to_first_token_ms": round(result.prefill_s * 1e3, 3),
+            "generation_time_ms": round(result.decode_s * 1e3, 3),
+            "quality_estimate": estimate,
+            "quality_post_hoc": None,  # filled below, once the answer's own estimate is known
+            "decision": "escalate",
+        })
+
+    if chosen is None:
+        if last_client_error is not None:
+            raise last_client_error
+        raise ApiError(503, "no model replica could answer: " + "; ".join(
+            f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=5)
+
+    post, _ = quality.predict(query, list(stages), stages)
+    post_by_model = dict(zip(stages, post.tolist(), strict=True))
+    answered_stages = [t for t in trace if t["decision"] != "error"]
+    for t in answered_stages:
+        t["quality_post_hoc"] = post_by_model[t["model"]]
+    answered_stages[-1]["decision"] = "accept"
+    selected = next(i for i, t in enumerate(trace) if t["model"] == chosen and t["decision"] != "error")
+    response = dict(responses[chosen])
+    _strip_logprobs(endpoint, body, response)
+    usage = {
+        "prompt_tokens": sum(s.prompt_tokens for s in stages.values()),
+        "completion_tokens": sum(s.completion_tokens for s in stages.values()),
+    }
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    total_gpu_s = sum(s.gpu_s for s in stages.values())
+    response["usage"] = usage
+    response["model"] = chosen
+    response["cascade"] = {
+        "policy": knobs.policy,
+        "lambda": knobs.lambda_,
+        "max_depth": knobs.max_depth,
+        "stages": trace,
+        "selected_stage": selected,
+        "total_gpu_ms": round(total_gpu_s * 1e3, 3),
+    }
+    response.pop("metrics", None)
+    return CascadeOutcome(response=response, served_model=chosen, stages=trace, total_gpu_s=total_gpu_s,
+                          decide_s=decide_s)

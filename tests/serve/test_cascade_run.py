@@ -1,0 +1,206 @@
+"""The cascade loop with injected replica calls (fakes: a replica that fails or stalls on demand).
+
+Real-stack counterparts of every case run through HTTP in ``test_serving_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+
+from estimators.logprob_quality import LogprobQuality
+from estimators.stage import StageResult
+from estimators.token_cost import ModelRates, TokenCostModel
+from serve.cascade_run import CascadeKnobs, parse_knobs, run_cascade
+from serve.errors import ApiError
+
+MODELS = ["small", "medium", "large"]
+# Per model: mean token logprob of its answers and GPU seconds per token (decode).
+LOGPROB = {"small": -2.0, "medium": -0.7, "large": -0.1}
+DECODE_S = {"small": 0.001, "medium": 0.004, "large": 0.02}
+
+
+def _response(model: str, endpoint: str, n_tokens: int = 8) -> dict[str, Any]:
+    lp = LOGPROB[model]
+    logprobs: dict[str, Any]
+    if endpoint == "chat":
+        logprobs = {"content": [{"token": "a", "logprob": lp, "bytes": [97], "top_logprobs": []}] * n_tokens}
+        choice = {"index": 0, "message": {"role": "assistant", "content": f"answer of {model}"},
+                  "logprobs": logprobs, "finish_reason": "length"}
+    else:
+        choice = {"index": 0, "text": f"answer of {model}", "logprobs": {"token_logprobs": [lp] * n_tokens},
+                  "finish_reason": "length"}
+    decode_ms = DECODE_S[model] * (n_tokens - 1) * 1e3
+    return {
+        "id": f"cmpl-{model}", "object": "chat.completion", "created": 0, "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": 10, "completion_tokens": n_tokens, "total_tokens": 10 + n_tokens},
+        "metrics": {"queue_time_ms": 1.0, "time_to_first_token_ms": DECODE_S[model] * 1e3,
+                    "generation_time_ms": decode_ms},
+    }
+
+
+class FakeFleet:
+    """Replica calls by model; ``fail``/``stall``/``reject`` make chosen models misbehave."""
+
+    def __init__(self, fail: set[str] = frozenset(), stall: set[str] = frozenset(),  # type: ignore[assignment]
+                 reject: dict[str, dict[str, Any]] | None = None) -> None:
+        self.fail, self.stall, self.reject = fail, stall, reject or {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def __call__(self, model: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((model, body))
+        if model in self.fail:
+            raise RuntimeError("replica died")
+        if model in self.stall:
+            await asyncio.sleep(60)
+        if model in self.reject:
+            return self.reject[model]
+        return _response(model, endpoint, int(body.get("max_tokens", 8)))
+
+
+def _estimators() -> tuple[LogprobQuality, TokenCostModel]:
+    cost = TokenCostModel(rates={m: ModelRates(DECODE_S[m] / 10, DECODE_S[m], 8.0) for m in MODELS})
+    return LogprobQuality(prior_mean=0.6, prior_sd=0.3), cost
+
+
+def _run(fleet: FakeFleet, lam: float, *, depth: int = 3, policy: str = "cascade_routing",
+         endpoint: str = "chat", body: dict[str, Any] | None = None, timeout_s: float = 5.0) -> Any:
+    quality, cost = _estimators()
+    body = body or {"model": "cascade", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 8}
+    knobs = CascadeKnobs(policy=policy, lambda_=lam, max_depth=depth)  # type: ignore[arg-type]
+    return asyncio.run(run_cascade(endpoint, body, MODELS, fleet, quality, cost, knobs, stage_timeout_s=timeout_s))
+
+
+def test_lambda_zero_escalates_to_the_most_confident_answer() -> None:
+    fleet = FakeFleet()
+    out = _run(fleet, 0.0)
+    assert [m for m, _ in fleet.calls][0] == "small"  # cheapest first
+    assert out.served_model == "large" and out.response["model"] == "large"
+    trace = out.response["cascade"]["stages"]
+    assert [s["decision"] for s in trace][-1] == "accept"
+    assert all(s["decision"] == "escalate" for s in trace[:-1])
+    usage = out.response["usage"]
+    assert usage["completion_tokens"] == 8 * len(trace) and usage["total_tokens"] == 18 * len(trace)
+    assert out.response["cascade"]["total_gpu_ms"] == pytest.approx(sum(s["gpu_ms"] for s in trace))
+    assert "logprobs" not in out.response["choices"][0]  # the client did not ask for them
+    assert "metrics" not in out.response
+
+
+def test_huge_lambda_stays_on_the_cheapest() -> None:
+    fleet = FakeFleet()
+    out = _run(fleet, 1e9)
+    assert [m for m, _ in fleet.calls] == ["small"]
+    assert out.served_model == "small" and out.response["cascade"]["stages"][0]["decision"] == "accept"
+
+
+def test_routing_policy_runs_exactly_one_model_and_depth_caps_stages() -> None:
+    fleet = FakeFleet()
+    assert len(_run(fleet, 0.0, policy="routing").stages) == 1
+    fleet = FakeFleet()
+    assert len(_run(fleet, 0.0, depth=2).stages) == 2
+
+
+def test_fixed_order_cascade_climbs_in_cost_order() -> None:
+    fleet = FakeFleet()
+    _run(fleet, 0.0, policy="cascade")
+    assert [m for m, _ in fleet.calls] == MODELS
+
+
+def test_stage_bodies_ask_for_logprobs_and_drop_cascade_fields() -> None:
+    fleet = FakeFleet()
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8,
+            "cascade": {"lambda": 0}, "stream": True, "stream_options": {"include_usage": True}}
+    _run(fleet, 0.0, body=body)
+    for model, sent in fleet.calls:
+        assert sent["model"] == model and sent["logprobs"] is True
+        assert not {"cascade", "stream", "stream_options"} & set(sent)
+
+
+def test_completions_endpoint_reads_token_logprobs() -> None:
+    body = {"model": "cascade", "prompt": "2+2=", "max_tokens": 8, "logprobs": 1}
+    out = _run(FakeFleet(), 0.0, endpoint="completions", body=body)
+    assert out.served_model == "large"
+    assert "logprobs" in out.response["choices"][0]  # asked for: kept
+    post = {s["model"]: s["quality_post_hoc"] for s in out.stages}
+    assert post["large"] == pytest.approx(math.exp(LOGPROB["large"]))
+
+
+def test_failed_replica_is_dropped_and_the_policy_re_decides() -> None:
+    fleet = FakeFleet(fail={"small"})
+    out = _run(fleet, 1e9)  # would stay on small; small dies: the next cheapest answers
+    decisions = [(s["model"], s["decision"]) for s in out.stages]
+    assert decisions[0] == ("small", "error") and "replica died" in out.stages[0]["error"]
+    assert out.served_model == "medium"
+
+
+def test_stalled_replica_times_out_and_is_skipped() -> None:
+    fleet = FakeFleet(stall={"small"})
+    out = _run(fleet, 1e9, timeout_s=0.2)
+    assert out.stages[0]["decision"] == "error" and "0.2 s" in out.stages[0]["error"]
+    assert out.served_model == "medium"
+
+
+def test_all_replicas_down_is_503_with_retry_after() -> None:
+    with pytest.raises(ApiError) as info:
+        _run(FakeFleet(fail=set(MODELS)), 0.0)
+    assert info.value.status == 503 and info.value.headers() == {"Retry-After": "5"}
+
+
+def test_bad_request_from_a_replica_is_returned_at_once() -> None:
+    bad = {"error": {"message": "temperature must be non-negative", "type": "BadRequestError", "code": 400}}
+    fleet = FakeFleet(reject={"small": bad})
+    with pytest.raises(ApiError) as info:
+        _run(fleet, 0.0)
+    assert info.value.status == 400 and len(fleet.calls) == 1
+
+
+def test_context_length_error_skips_only_that_model() -> None:
+    too_long = {"error": {"message": "This model's maximum context length is 512 tokens", "code": 400}}
+    fleet = FakeFleet(reject={"small": too_long})
+    out = _run(fleet, 1e9)
+    assert out.stages[0]["decision"] == "error" and out.served_model == "medium"
+    with pytest.raises(ApiError) as info:
+        _run(FakeFleet(reject=dict.fromkeys(MODELS, too_long)), 0.0)
+    assert info.value.status == 400 and info.value.code == "context_length_exceeded"
+
+
+def test_knobs_are_validated_strictly() -> None:
+    default = CascadeKnobs(policy="cascade_routing", lambda_=0.5, max_depth=2)
+    assert parse_knobs(None, default, MODELS) == default
+    assert parse_knobs({"lambda": 0, "max_depth": 3}, default, MODELS) == CascadeKnobs("cascade_routing", 0.0, 3)
+    pinned = parse_knobs({"models": ["large", "small"]}, default, MODELS)
+    assert pinned.models == ("small", "large") and pinned.max_depth == 2
+    for raw, param in [({"lamda": 1}, "cascade.lamda"), ({"lambda": -1}, "cascade.lambda"),
+                       ({"lambda": float("nan")}, "cascade.lambda"), ({"max_depth": 4}, "cascade.max_depth"),
+                       ({"max_depth": True}, "cascade.max_depth"), ({"policy": "x"}, "cascade.policy"),
+                       ({"models": []}, "cascade.models"), ({"models": ["huge"]}, "cascade.models"),
+                       ([1], "cascade")]:
+        with pytest.raises(ApiError) as info:
+            parse_knobs(raw, default, MODELS)
+        assert info.value.status == 400 and info.value.param == param
+
+
+def test_estimators_learn_online() -> None:
+    quality, cost = LogprobQuality(), TokenCostModel()
+    stage = StageResult("m", prompt_tokens=10, completion_tokens=5, token_logprobs=(-1.0,) * 5,
+                        queue_s=0.5, prefill_s=0.01, decode_s=0.04)
+    with pytest.raises(ValueError, match="no cost measurement"):
+        cost.predict(_query(), ["m"], {})
+    before = quality.ex_ante("m")
+    quality.observe(_query(), stage)
+    cost.observe(_query(), stage)
+    after = quality.ex_ante("m")
+    assert after[0] < before[0]  # pulled towards exp(-1) = 0.37 from the 0.5 prior
+    assert cost.rates["m"].prefill_s_per_token == pytest.approx(0.001)
+    assert cost.rates["m"].decode_s_per_token == pytest.approx(0.01)
+    assert stage.gpu_s == pytest.approx(0.05)  # queueing excluded
+    assert cost.predict(_query(), ["m"], {})[0] == pytest.approx(0.001 * 3 + 0.01 * 5)
+
+
+def _query() -> Any:
+    from estimators.stage import QueryInfo
+
+    return QueryInfo(text="hello world", prompt_tokens=3, max_tokens=16)

