@@ -69,8 +69,8 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float) -> int:
                     )
                     trace = (reply.model_extra or {})["cascade"]
                     stages = "\n".join(
-                        f"{s['model']}: {s['decision']}, {s.get('gpu_ms', 0):.1f} ms, "
-                        f"q {s.get('quality_post_hoc', s['quality_estimate']):.3g}"
+                        f"{s['model']}: {s['decision']}, {s.get('gpu_ms', 0):.1f} ms, q "
+                        f"{s['quality_estimate'] if s.get('quality_post_hoc') is None else s['quality_post_hoc']:.3g}"
                         for s in trace["stages"]
                     )
                     usage = reply.usage

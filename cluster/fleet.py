@@ -44,10 +44,14 @@ def connect(address: str | None, *, start_local: bool, num_cpus: int | None = No
     ``start_local``: with no cluster at ``address``/``RAY_ADDRESS``, start a head node with ``ray
     start`` (it outlives this process); without it, start Ray inside this process (the demo).
     """
+    import logging
+
     import ray
 
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray Serve LLM logs every deployment's full options at INFO in the driver: keep the CLI readable.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     target = address or os.environ.get("RAY_ADDRESS")
     if target or _local_cluster_running():
         ray.init(address=target or "auto", logging_level="warning", log_to_driver=False)

@@ -13,11 +13,14 @@ one run, side by side, for concurrency 1, 8 and 32:
 
 Both arms use Serve handles from this driver, so the difference is the controller's hop and logic,
 not the HTTP proxy (which fronts any deployment alike). At concurrency 1 the arms alternate request by
-request; above it they alternate in blocks. Every answer has exactly ``--max-tokens`` tokens
+request; above it they alternate in blocks; the arms' order rotates, so none always goes first.
+Every answer has exactly ``--max-tokens`` tokens
 (``ignore_eos``), so the engine does the same work in every arm. A mixed cascade workload (lambdas 0,
 the fleet file's and huge, at concurrency 8) follows. Prints a table; writes JSON with top-level
 ``controller_overhead_ms_p50`` (per stage, concurrency 1: median controller latency minus median
-direct latency) and ``throughput_ratio`` (controller / direct requests per second at concurrency 32).
+direct latency; ``controller_non_engine_overhead_ms_p50`` is the same with each request's engine time,
+from vLLM's own metrics, taken out) and ``throughput_ratio`` (controller / direct requests per second
+at concurrency 32).
 """
 
 from __future__ import annotations
@@ -107,16 +110,19 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
         lat: dict[str, list[float]] = {a: [] for a in arms}
         wall: dict[str, float] = dict.fromkeys(arms, 0.0)
         outs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
+        names = list(arms)
         if c == 1:
-            for i in range(n):  # request by request, arms interleaved
-                for arm, fn in arms.items():
+            for i in range(n):  # request by request, arms interleaved, the order rotating
+                for arm in names[i % 3:] + names[: i % 3]:
+                    fn = arms[arm]
                     elapsed, out = await _timed(fn, body(i))
                     lat[arm].append(elapsed)
                     wall[arm] += elapsed
                     outs[arm].append(out)
         else:
             for block in range(args.blocks):
-                for arm, fn in arms.items():
+                for arm in names[block % 3:] + names[: block % 3]:  # no arm always goes first
+                    fn = arms[arm]
                     bodies = [body(block * n + i) for i in range(n // args.blocks)]
                     latencies, w, o = await _run_block(fn, bodies, c)
                     lat[arm] += latencies
@@ -124,9 +130,16 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
                     outs[arm] += o
         levels[str(c)] = {arm: _stats(lat[arm], wall[arm]) for arm in arms}
         # Engine time of the same requests (vLLM's own stats): the arms must do the same work.
-        levels[str(c)]["engine_gpu_ms_p50"] = {
-            "direct": float(np.median([_gpu_ms(o) for o in outs["direct"]])),
-            "controller": float(np.median([o["cascade"]["total_gpu_ms"] for o in outs["controller"]])),
+        engine_ms = {
+            "direct": [_gpu_ms(o) for o in outs["direct"]],
+            "passthrough": [_gpu_ms(o) for o in outs["passthrough"]],
+            "controller": [o["cascade"]["total_gpu_ms"] + o["cascade"]["stages"][0]["queue_time_ms"]
+                           for o in outs["controller"]],
+        }
+        levels[str(c)]["engine_gpu_ms_p50"] = {a: float(np.median(v)) for a, v in engine_ms.items()}
+        # Latency outside the engine (queue, prefill and decode removed): the arms' plumbing alone.
+        levels[str(c)]["non_engine_ms_p50"] = {
+            a: float(np.median(np.array(lat[a]) * 1e3 - np.array(engine_ms[a]))) for a in engine_ms
         }
         bar.advance(task)
 
@@ -153,8 +166,9 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
 
 
 def _gpu_ms(response: dict[str, Any]) -> float:
+    """Engine time of a direct answer: queue, prefill and decode (vLLM's per-request metrics)."""
     m = response.get("metrics") or {}
-    return float((m.get("time_to_first_token_ms") or 0.0) + (m.get("generation_time_ms") or 0.0))
+    return float(sum(m.get(k) or 0.0 for k in ("queue_time_ms", "time_to_first_token_ms", "generation_time_ms")))
 
 
 def _plot(result: dict[str, Any], path: Path) -> None:
@@ -188,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny-small", help="the model of the direct and pinned arms")
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32],
                         help="concurrency levels (default 1,8,32)")
-    parser.add_argument("--requests", type=int, default=128, help="requests per arm above concurrency 1 (default 128)")
+    parser.add_argument("--requests", type=int, default=192, help="requests per arm above concurrency 1 (default 192)")
     parser.add_argument("--requests-c1", type=int, default=60, help="requests per arm at concurrency 1 (default 60)")
-    parser.add_argument("--blocks", type=int, default=2, help="alternating blocks per arm above concurrency 1")
+    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per arm above concurrency 1")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--plot", type=Path, default=None, help="draw latency and throughput to this PNG")
@@ -232,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     top = levels[str(max(int(c) for c in levels))]
     result["controller_overhead_ms_p50"] = c1["controller"]["p50_ms"] - c1["direct"]["p50_ms"]
     result["passthrough_overhead_ms_p50"] = c1["passthrough"]["p50_ms"] - c1["direct"]["p50_ms"]
+    result["controller_non_engine_overhead_ms_p50"] = (
+        c1["non_engine_ms_p50"]["controller"] - c1["non_engine_ms_p50"]["direct"])
     result["throughput_ratio"] = top["controller"]["throughput_rps"] / top["direct"]["throughput_rps"]
     result["fleet_start_s"] = start_s
     result["settings"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -239,20 +255,20 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"controller vs direct ({args.model}, {args.max_tokens} tokens/answer, fleet up in "
                   f"{start_s:.0f} s)")
-    for col in ("concurrency", "arm", "p50 ms", "p99 ms", "req/s", "engine GPU ms p50"):
+    for col in ("concurrency", "arm", "p50 ms", "p99 ms", "req/s", "engine ms p50", "outside engine ms p50"):
         table.add_column(col, justify="right")
     for c, level in levels.items():
         for arm in ("direct", "controller", "passthrough"):
             s = level[arm]
-            gpu = level["engine_gpu_ms_p50"].get(arm)
             table.add_row(c, arm, f"{s['p50_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['throughput_rps']:.1f}",
-                          "-" if gpu is None else f"{gpu:.1f}")
+                          f"{level['engine_gpu_ms_p50'][arm]:.1f}", f"{level['non_engine_ms_p50'][arm]:.1f}")
     m = result["mixed"]
     table.add_row("8", "mixed cascade", f"{m['p50_ms']:.1f}", f"{m['p99_ms']:.1f}", f"{m['throughput_rps']:.1f}",
-                  f"{m['mean_gpu_ms']:.1f} (mean)")
+                  f"{m['mean_gpu_ms']:.1f} (mean)", "-")
     out = Console()
     out.print(table)
-    out.print(f"controller overhead per stage (p50, concurrency 1): {result['controller_overhead_ms_p50']:.2f} ms; "
+    out.print(f"controller overhead per stage (p50, concurrency 1): {result['controller_overhead_ms_p50']:.2f} ms "
+              f"({result['controller_non_engine_overhead_ms_p50']:.2f} ms outside the engine); "
               f"throughput ratio at concurrency {max(int(c) for c in levels)}: {result['throughput_ratio']:.3f}; "
               f"mixed: {m['mean_stages']:.2f} stages/request, escalation rate {m['escalation_rate']:.2f}")
     if args.json is not None:

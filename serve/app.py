@@ -36,10 +36,6 @@ def llm_config(spec: ModelSpec) -> Any:
 
 def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     """The Serve application: models bound into the controller as handles, fleet-file order kept."""
-    from ray.serve.llm import build_llm_deployment
-
-    from serve.controller import CascadeController
-
     settings = fleet.cascade
     if settings.budget_gpu_s is not None:
         raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs the calibration "
@@ -47,6 +43,10 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     if settings.lambda_ is None:
         raise ConfigError("<fleet>", ["cascade.lambda: required (quality per GPU-second; 0 = always escalate "
                                       "to the best, large = stay on the cheapest)"])
+    from ray.serve.llm import build_llm_deployment
+
+    from serve.controller import CascadeController
+
     models = {
         spec.model_id: build_llm_deployment(llm_config(spec), name_prefix="model:")
         for spec in fleet.models
@@ -58,7 +58,12 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         "max_depth": settings.max_depth,
         "stage_timeout_s": settings.stage_timeout_s,
     }
-    return CascadeController.bind(models=models, settings=controller_settings, api_keys=keys)
+    # The controller's code is short async work: run it, and its handle router, on the replica's own
+    # event loop instead of extra threads (Ray's throughput-optimized mode): one less thread hop per
+    # request and per stage.
+    same_loop = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+    controller = CascadeController.options(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": same_loop}})
+    return controller.bind(models=models, settings=controller_settings, api_keys=keys)
 
 
 def build_app(args: dict[str, Any]) -> Any:

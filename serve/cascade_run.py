@@ -15,6 +15,7 @@ removed from the returned answer unless the client asked for them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,12 +37,16 @@ Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 DEFAULT_MAX_TOKENS_FOR_COST = 256
 
 
+KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"})
+
+
 @dataclass(frozen=True, slots=True)
 class CascadeKnobs:
     policy: PolicyName
     lambda_: float  # quality per GPU-second
     max_depth: int
     models: tuple[str, ...] | None = None  # restrict the candidates (None: the whole fleet)
+    stage_timeout_s: float | None = None  # tighter than the fleet's own, per request (None: the fleet's)
 
 
 def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> CascadeKnobs:
@@ -51,10 +56,15 @@ def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> Cascad
     n_models = len(fleet)
     if not isinstance(raw, dict):
         raise ApiError(400, "cascade must be an object like {\"lambda\": 0.5, \"max_depth\": 2}", param="cascade")
-    unknown = sorted(set(raw) - {"lambda", "max_depth", "policy", "models"})
+    unknown = sorted(set(raw) - KNOBS)
     if unknown:
-        raise ApiError(400, f"cascade.{unknown[0]}: unknown knob (known: lambda, max_depth, policy, models)",
+        raise ApiError(400, f"cascade.{unknown[0]}: unknown knob (known: {', '.join(sorted(KNOBS))})",
                        param=f"cascade.{unknown[0]}")
+    timeout = raw.get("stage_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not 0 < timeout < math.inf):
+        raise ApiError(400, f"cascade.stage_timeout_s must be a positive number, got {timeout!r}",
+                       param="cascade.stage_timeout_s")
     models = raw.get("models")
     if models is not None:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
@@ -77,15 +87,22 @@ def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> Cascad
                        param="cascade.policy")
     if models is not None:
         depth = min(depth, len(models))
-    return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models)
+    return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models,
+                        stage_timeout_s=None if timeout is None else float(timeout))
 
 
 def _policy(knobs: CascadeKnobs) -> Policy:
+    return _policy_of(knobs.policy, knobs.lambda_, knobs.max_depth)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_of(name: PolicyName, lam: float, max_depth: int) -> Policy:
+    """The policy of a knob setting; cached: decisions with gamma = 0 draw nothing, so it is stateless."""
     # One multiplier per step: the policies take as many steps as they have lambdas.
-    if knobs.policy == "cascade":
-        return OptimalCascade.from_lambdas([knobs.lambda_] * knobs.max_depth, max_depth=knobs.max_depth)
-    depth = 1 if knobs.policy == "routing" else knobs.max_depth
-    return CascadeRouter.from_lambdas([knobs.lambda_] * depth, max_depth=depth)
+    if name == "cascade":
+        return OptimalCascade.from_lambdas([lam] * max_depth, max_depth=max_depth)
+    depth = 1 if name == "routing" else max_depth
+    return CascadeRouter.from_lambdas([lam] * depth, max_depth=depth)
 
 
 def query_info(endpoint: str, body: dict[str, Any]) -> QueryInfo:
@@ -139,12 +156,12 @@ class CascadeOutcome:
     decide_s: list[float] = field(default_factory=list)
 
 
-def _stage_body(endpoint: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+def _stage_body(endpoint: str, body: dict[str, Any], model: str, logprobs: bool) -> dict[str, Any]:
     out = {k: v for k, v in body.items() if k not in ("cascade", "stream", "stream_options")}
     out["model"] = model
-    if endpoint == "chat":
+    if logprobs and endpoint == "chat":
         out["logprobs"] = True
-    elif not out.get("logprobs"):
+    elif logprobs and not out.get("logprobs"):
         out["logprobs"] = 1
     return out
 
@@ -175,11 +192,12 @@ async def run_cascade(
     could answer.
     """
     query = query_info(endpoint, body)
+    if knobs.stage_timeout_s is not None:
+        stage_timeout_s = min(stage_timeout_s, knobs.stage_timeout_s)  # a request may only tighten it
     candidates = list(models)
     if not candidates:
         raise ApiError(503, "no model replica is ready yet", retry_after_s=5)
     policy = _policy(knobs)
-    rng = np.random.default_rng(0)
     stages: dict[str, StageResult] = {}
     responses: dict[str, dict[str, Any]] = {}
     trace: list[dict[str, Any]] = []
@@ -188,6 +206,10 @@ async def run_cascade(
     last_client_error: ApiError | None = None
     chosen: str | None = None
 
+    # Post-hoc estimates (token logprobs cost engine time) only where a decision can use them: with
+    # a second model to escalate to. Pinned to one model, or routing, the request runs as sent.
+    depth = 1 if knobs.policy == "routing" else knobs.max_depth
+    logprobs = (depth >= 2 and len(candidates) >= 2) or bool(body.get("logprobs"))
     # The policies take models in increasing cost order (a cascade's order, the "cheapest new model
     # runs first" rule): sorted once by the ex-ante cost, so answered models stay a prefix of it.
     t0 = time.perf_counter()
@@ -199,21 +221,27 @@ async def run_cascade(
             break
         if decide_s:
             t0 = time.perf_counter()
-        costs = cost.predict(query, ordered, stages)
         q_mean, q_var = quality.predict(query, ordered, stages)
-        answered = np.array([m in stages for m in ordered])
-        est = Estimates(q_mean=q_mean[None, :], cost=costs[None, :], q_var=q_var[None, :])
-        depth_left = knobs.max_depth - len(stages)
-        decision = policy.decide(est, answered, rng=rng) if depth_left > 0 else None
+        # Forced moves skip the search (same outcome): the first step must run a model, and with one
+        # model left that is the one; with the depth spent or every model answered, stop.
+        if len(stages) >= depth or all(m in stages for m in ordered):
+            run_next = None
+        elif not stages and len(ordered) == 1:
+            run_next = 0
+        else:
+            costs = cost.predict(query, ordered, stages)
+            answered = np.array([m in stages for m in ordered])
+            est = Estimates(q_mean=q_mean[None, :], cost=costs[None, :], q_var=q_var[None, :])
+            run_next = policy.decide(est, answered).run_next
         decide_s.append(time.perf_counter() - t0)
-        if decision is None or decision.run_next is None:
+        if run_next is None:
             if stages:
                 chosen = max(stages, key=lambda m: (float(q_mean[ordered.index(m)]), -ordered.index(m)))
             break
-        model = ordered[decision.run_next]
-        estimate = float(q_mean[decision.run_next])
+        model = ordered[run_next]
+        estimate = float(q_mean[run_next])
         try:
-            stage_call = call(model, endpoint, _stage_body(endpoint, body, model))
+            stage_call = call(model, endpoint, _stage_body(endpoint, body, model, logprobs))
             response = await asyncio.wait_for(stage_call, stage_timeout_s)
             if "error" in response:
                 raise ApiError.from_body(response)
@@ -226,12 +254,11 @@ async def run_cascade(
             if on_stage_failure is not None and err.status >= 500:
                 on_stage_failure(model, err)
             continue
-        except TimeoutError as exc:
+        except TimeoutError:
             failed.add(model)
+            # Slow is not dead (a long answer, a busy replica): the stage is cancelled, the replica kept.
             trace.append({"model": model, "decision": "error", "quality_estimate": estimate,
                           "error": f"no answer within {stage_timeout_s:g} s"})
-            if on_stage_failure is not None:
-                on_stage_failure(model, exc)
             continue
         except Exception as exc:  # a dead replica, a backpressure rejection, a lost actor
             failed.add(model)
@@ -243,7 +270,8 @@ async def run_cascade(
         result = stage_result(model, endpoint, response)
         stages[model] = result
         responses[model] = response
-        quality.observe(query, result)
+        if logprobs:
+            quality.observe(query, result)
         cost.observe(query, result)
         trace.append({
             "model": model,
@@ -268,7 +296,7 @@ async def run_cascade(
     post_by_model = dict(zip(stages, post.tolist(), strict=True))
     answered_stages = [t for t in trace if t["decision"] != "error"]
     for t in answered_stages:
-        t["quality_post_hoc"] = post_by_model[t["model"]]
+        t["quality_post_hoc"] = post_by_model[t["model"]] if logprobs else None
     answered_stages[-1]["decision"] = "accept"
     selected = next(i for i, t in enumerate(trace) if t["model"] == chosen and t["decision"] != "error")
     response = dict(responses[chosen])

@@ -38,7 +38,7 @@ from ray import serve
 from estimators.logprob_quality import LogprobQuality
 from estimators.token_cost import TokenCostModel
 from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade, stage_result
-from serve.errors import ApiError
+from serve.errors import ApiError, error_body
 
 __all__ = ["CascadeController", "VIRTUAL_MODEL"]
 
@@ -50,6 +50,9 @@ PROBE_BODY = {"prompt": "Measure the prefill and decode time of this replica, to
 PROBE_RETRY_S = 2.0
 
 app = FastAPI(title="cascade-serve")
+
+# A completion's answer: the JSON body, or the SSE lines of a stream; and the response headers.
+Reply = tuple[dict[str, Any] | AsyncIterator[str], dict[str, str]]
 
 
 class _Metrics:
@@ -183,21 +186,25 @@ class CascadeController:
         try:
             self._check_auth(request)
             body = await self._json_body(request)
-            return await self._dispatch(endpoint, body, headers)
+            payload, headers = await self._dispatch(endpoint, body, headers)
         except ApiError as err:
             return self._error_response(err, headers, endpoint)
+        if isinstance(payload, dict):
+            return JSONResponse(payload, headers=headers)
+        return StreamingResponse(payload, media_type="text/event-stream", headers=headers)
 
     async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """The non-streaming API for Serve handles (in-cluster clients, the serving benchmark): the
         same dispatch as HTTP, minus the proxy hop; the response or error body as a dict."""
         try:
-            response = await self._dispatch(endpoint, {**body, "stream": False}, {})
+            payload, _ = await self._dispatch(endpoint, {**body, "stream": False}, {})
         except ApiError as err:
             return err.body()
-        out: dict[str, Any] = json.loads(bytes(response.body))
-        return out
+        assert isinstance(payload, dict)  # stream is off
+        return payload
 
-    async def _dispatch(self, endpoint: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
+    async def _dispatch(self, endpoint: str, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        """The answer to one completion request: a JSON body or SSE lines, and its headers."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise ApiError(400, "model: required (a served model id, or 'cascade')", param="model")
@@ -218,7 +225,7 @@ class CascadeController:
         return await self._direct(endpoint, model, body, stream, headers)
 
     async def _direct(self, endpoint: str, model: str, body: dict[str, Any], stream: bool,
-                      headers: dict[str, str]) -> Response:
+                      headers: dict[str, str]) -> Reply:
         headers = {**headers, "x-cascade-served-model": model, "x-cascade-stages": "1"}
         if stream:
             gen = self._handles[model].options(stream=True).stream.remote(endpoint, body)
@@ -235,11 +242,21 @@ class CascadeController:
 
             async def lines() -> AsyncIterator[str]:
                 yield first
-                async for line in gen:
+                while True:
+                    try:
+                        line = await asyncio.wait_for(gen.__anext__(), self._timeout_s)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:  # headers are sent: one error event, then close
+                        gen.cancel()
+                        message = (f"model {model!r} stalled for {self._timeout_s:g} s" if isinstance(exc, TimeoutError)
+                                   else f"model {model!r} failed mid-stream ({type(exc).__name__})")
+                        yield _sse(error_body(503, message))
+                        return
                     yield line if isinstance(line, str) else _sse(line)
 
             self._metrics.requests.labels(endpoint, model, "ok").inc()
-            return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
+            return lines(), headers
         try:
             response = await asyncio.wait_for(self._call(model, endpoint, body), self._timeout_s)
         except TimeoutError:
@@ -255,9 +272,9 @@ class CascadeController:
         self._metrics.gpu.observe(stage.gpu_s)
         self._metrics.requests.labels(endpoint, model, "ok").inc()
         headers["x-cascade-cost-gpu-ms"] = f"{stage.gpu_s * 1e3:.3f}"
-        return JSONResponse(response, headers=headers)
+        return response, headers
 
-    async def _cascade(self, endpoint: str, body: dict[str, Any], stream: bool, headers: dict[str, str]) -> Response:
+    async def _cascade(self, endpoint: str, body: dict[str, Any], stream: bool, headers: dict[str, str]) -> Reply:
         knobs = parse_knobs(body.get("cascade"), self._default, self._model_ids)
         stream_options = body.get("stream_options")
         if stream_options is not None and not isinstance(stream_options, dict):
@@ -287,10 +304,9 @@ class CascadeController:
             "x-cascade-cost-gpu-ms": f"{outcome.total_gpu_s * 1e3:.3f}",
         }
         if not stream:
-            return JSONResponse(outcome.response, headers=headers)
+            return outcome.response, headers
         include_usage = bool((stream_options or {}).get("include_usage"))
-        return StreamingResponse(self._replay(endpoint, outcome.response, include_usage),
-                                 media_type="text/event-stream", headers=headers)
+        return self._replay(endpoint, outcome.response, include_usage), headers
 
     @staticmethod
     async def _replay(endpoint: str, response: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:

@@ -143,6 +143,19 @@ def test_stalled_replica_times_out_and_is_skipped() -> None:
     assert out.served_model == "medium"
 
 
+def test_a_request_may_tighten_the_stage_timeout_but_not_loosen_it() -> None:
+    quality, cost = _estimators()
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8}
+    tight = CascadeKnobs("cascade_routing", 1e9, 3, stage_timeout_s=0.1)
+    out = asyncio.run(run_cascade("chat", body, MODELS, FakeFleet(stall={"small"}), quality, cost, tight,
+                                  stage_timeout_s=30))
+    assert "0.1 s" in out.stages[0]["error"]
+    loose = CascadeKnobs("cascade_routing", 1e9, 3, stage_timeout_s=999)
+    out = asyncio.run(run_cascade("chat", body, MODELS, FakeFleet(stall={"small"}), quality, cost, loose,
+                                  stage_timeout_s=0.1))
+    assert "0.1 s" in out.stages[0]["error"]
+
+
 def test_all_replicas_down_is_503_with_retry_after() -> None:
     with pytest.raises(ApiError) as info:
         _run(FakeFleet(fail=set(MODELS)), 0.0)
@@ -177,6 +190,8 @@ def test_knobs_are_validated_strictly() -> None:
                        ({"lambda": float("nan")}, "cascade.lambda"), ({"max_depth": 4}, "cascade.max_depth"),
                        ({"max_depth": True}, "cascade.max_depth"), ({"policy": "x"}, "cascade.policy"),
                        ({"models": []}, "cascade.models"), ({"models": ["huge"]}, "cascade.models"),
+                       ({"stage_timeout_s": 0}, "cascade.stage_timeout_s"),
+                       ({"stage_timeout_s": "1"}, "cascade.stage_timeout_s"),
                        ([1], "cascade")]:
         with pytest.raises(ApiError) as info:
             parse_knobs(raw, default, MODELS)
@@ -204,3 +219,17 @@ def _query() -> Any:
     from estimators.stage import QueryInfo
 
     return QueryInfo(text="hello world", prompt_tokens=3, max_tokens=16)
+
+
+def test_logprobs_are_asked_only_where_a_decision_can_use_them() -> None:
+    fleet = FakeFleet()
+    quality, cost = _estimators()
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8}
+    pinned = CascadeKnobs(policy="cascade_routing", lambda_=0.0, max_depth=1, models=("medium",))
+    out = asyncio.run(run_cascade("chat", body, ["medium"], fleet, quality, cost, pinned, stage_timeout_s=5))
+    assert [m for m, _ in fleet.calls] == ["medium"] and "logprobs" not in fleet.calls[0][1]
+    assert out.stages[0]["quality_post_hoc"] is None
+    assert quality.ex_ante("medium") == (quality.prior_mean, quality.prior_sd**2)  # nothing learned from it
+    routed = CascadeKnobs(policy="routing", lambda_=0.0, max_depth=3)
+    asyncio.run(run_cascade("chat", body, MODELS, fleet, quality, cost, routed, stage_timeout_s=5))
+    assert "logprobs" not in fleet.calls[-1][1]

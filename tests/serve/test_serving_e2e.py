@@ -204,6 +204,18 @@ def test_metrics_count_requests_stages_and_cost(fleet_url: str) -> None:
     assert 'cascade_cost_model_seconds_per_token{model="tiny-large",phase="decode"}' in text
 
 
+def test_stage_timeouts_skip_models_then_answer_503_with_retry_after(fleet_url: str, client: Any) -> None:
+    body = {"model": "cascade", "messages": CHAT, "max_tokens": 400, "ignore_eos": True,
+            "cascade": {"lambda": 1e9, "stage_timeout_s": 0.05}}
+    r = _post(fleet_url, "/v1/chat/completions", body)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    assert "tiny-small: no answer within 0.05 s" in r.json()["error"]["message"]
+    assert "tiny-large: no answer within 0.05 s" in r.json()["error"]["message"]
+    # Timed-out stages were cancelled and the replicas kept: the next request is served at once.
+    assert client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=4).model in ("tiny-small",
+                                                                                                "tiny-large")
+
+
 def test_zz_dead_replica_is_skipped_and_the_cascade_re_decides(client: Any) -> None:
     """Runs last (zz): kills the tiny-small replica's actor mid-service, as a crash would."""
     import ray
