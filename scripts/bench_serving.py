@@ -43,6 +43,29 @@ PROMPTS = [
 ]
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU time so far of the processes on the request path, by role: the controller replica, the
+    HTTP proxy, the model replicas with their engine processes, and this driver."""
+    import psutil
+
+    totals = dict.fromkeys(("controller", "proxy", "replicas", "driver"), 0.0)
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            title = " ".join(proc.info["cmdline"] or [])
+            role = ("controller" if "CascadeController" in title else "proxy" if "ProxyActor" in title
+                    else "replicas" if "ServeReplica:cascade:model:" in title
+                    else "driver" if proc.pid == os.getpid() else None)
+            if role is None:
+                continue
+            family = [proc, *proc.children(recursive=True)] if role == "replicas" else [proc]
+            for p in family:
+                t = p.cpu_times()
+                totals[role] += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return totals
+
+
 def _stats(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     ms = np.array(latencies_s) * 1e3
     return {
@@ -107,6 +130,8 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
     levels: dict[str, dict[str, Any]] = {}
     for c in args.concurrency:
         n = args.requests if c > 1 else args.requests_c1
+        cpu: dict[str, dict[str, float]] = {a: dict.fromkeys(("controller", "proxy", "replicas", "driver"), 0.0)
+                                            for a in arms}
         lat: dict[str, list[float]] = {a: [] for a in arms}
         wall: dict[str, float] = dict.fromkeys(arms, 0.0)
         outs: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
@@ -124,11 +149,19 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
                 for arm in names[block % 3:] + names[: block % 3]:  # no arm always goes first
                     fn = arms[arm]
                     bodies = [body(block * n + i) for i in range(n // args.blocks)]
+                    before = _cpu_seconds()
                     latencies, w, o = await _run_block(fn, bodies, c)
+                    after = _cpu_seconds()
+                    for role in after:
+                        cpu[arm][role] += after[role] - before[role]
                     lat[arm] += latencies
                     wall[arm] += w
                     outs[arm] += o
         levels[str(c)] = {arm: _stats(lat[arm], wall[arm]) for arm in arms}
+        if c > 1:  # CPU per request by process role: where the 2 cores go (sampled per block)
+            levels[str(c)]["cpu_ms_per_request"] = {
+                arm: {role: 1e3 * v / len(lat[arm]) for role, v in cpu[arm].items()} for arm in arms
+            }
         # Engine time of the same requests (vLLM's own stats): the arms must do the same work.
         engine_ms = {
             "direct": [_gpu_ms(o) for o in outs["direct"]],
@@ -267,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{m['mean_gpu_ms']:.1f} (mean)", "-")
     out = Console()
     out.print(table)
+    for c, level in levels.items():
+        if "cpu_ms_per_request" in level:
+            out.print(f"CPU ms per request at concurrency {c}: " + "; ".join(
+                f"{arm}: " + ", ".join(f"{role} {v:.1f}" for role, v in roles.items())
+                for arm, roles in level["cpu_ms_per_request"].items()))
     out.print(f"controller overhead per stage (p50, concurrency 1): {result['controller_overhead_ms_p50']:.2f} ms "
               f"({result['controller_non_engine_overhead_ms_p50']:.2f} ms outside the engine); "
               f"throughput ratio at concurrency {max(int(c) for c in levels)}: {result['throughput_ratio']:.3f}; "
