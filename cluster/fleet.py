@@ -44,14 +44,10 @@ def connect(address: str | None, *, start_local: bool, num_cpus: int | None = No
     ``start_local``: with no cluster at ``address``/``RAY_ADDRESS``, start a head node with ``ray
     start`` (it outlives this process); without it, start Ray inside this process (the demo).
     """
-    import logging
-
     import ray
 
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
-    # Ray Serve LLM logs every deployment's full options at INFO in the driver: keep the CLI readable.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     target = address or os.environ.get("RAY_ADDRESS")
     if target or _local_cluster_running():
         ray.init(address=target or "auto", logging_level="warning", log_to_driver=False)
@@ -81,10 +77,18 @@ def _local_cluster_running() -> bool:
 
 def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | None = None) -> None:
     """Deploy the fleet's application (returns once Serve has created its deployments)."""
+    import logging
+
+    import ray.serve.llm  # noqa: F401  (creates Ray LLM's loggers, quieted below)
     from ray import serve
 
     from serve.app import fleet_app
 
+    # Ray Serve and Ray LLM log each deployment's full options at INFO in the driver while the app is
+    # built and deployed: keep the CLI readable (the replicas' own logs are untouched).
+    for name in ["ray.serve", *logging.root.manager.loggerDict]:
+        if name.startswith("ray.serve"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     app = fleet_app(fleet, api_keys=api_keys)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
