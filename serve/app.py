@@ -67,7 +67,10 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     }
-    controller = CascadeController.options(ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}})
+    # mypy sees the class under @serve.deployment, not the Deployment it became.
+    controller = CascadeController.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}}
+    )
     return controller.bind(models=models, settings=controller_settings, api_keys=keys)
 
 

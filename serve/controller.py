@@ -90,7 +90,10 @@ class CascadeController:
     fleet file's order; ``settings``: the ``cascade`` block (policy, lambda, max_depth,
     stage_timeout_s); ``api_keys``: accepted bearer tokens (empty: no auth)."""
 
-    async def __init__(self, models: dict[str, Any], settings: dict[str, Any], api_keys: list[str]) -> None:
+    # Serve awaits async constructors (as Ray LLM's own LLMServer does); the probes need the loop.
+    async def __init__(  # type: ignore[misc]
+        self, models: dict[str, Any], settings: dict[str, Any], api_keys: list[str]
+    ) -> None:
         self._handles = models
         self._model_ids = list(models)
         self._timeout_s = float(settings["stage_timeout_s"])
