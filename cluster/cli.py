@@ -1,6 +1,7 @@
 """The ``cascade`` command line: one entry point, one subcommand per job.
 
     cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
+    cascade eval routerbench --models 11 --estimators trained --json runs/rb_trained.json
     cascade validate models.yaml
     cascade models build --out .cache/tiny
     cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
@@ -33,18 +34,26 @@ def _build_parser() -> argparse.ArgumentParser:
     ev_sub = ev.add_subparsers(dest="benchmark", required=True)
     rb = ev_sub.add_parser(
         "routerbench",
-        help="the paper's RouterBench protocol: AUC of every policy under simulated estimator noise",
+        help="the paper's RouterBench protocol: AUC of every policy with simulated or trained estimators",
         description="Fit routing, threshold cascade, optimal cascade and cascade routing at every budget of "
-        "the paper's grid on a 5%% validation split and score them on the 95%% test split.",
+        "the paper's grid on a 5%% validation split and score them on the 95%% test split. With --estimators "
+        "trained, the estimators learn from the *_train.csv rows and the 5%%/95%% split is of the *_test.csv "
+        "rows.",
     )
     # Data
     rb.add_argument("--data", type=Path, default=None,
                     help="RouterBench CSV folder, CSV file or original .pkl (default: ../shared/data/routerbench)")
     rb.add_argument("--models", default="11",
                     help="the paper's model set (3, 5 or 11; default 11) or comma-separated model names")
-    rb.add_argument("--noise", default="low", help="estimator noise: low, medium or high (default low)")
+    rb.add_argument("--estimators", choices=["simulated", "trained"], default="simulated",
+                    help="simulated: ground truth plus noise (the paper's protocol); trained: classifiers on the "
+                    "prompts and answers of the *_train.csv rows, evaluated on the *_test.csv rows "
+                    "(default simulated)")
+    rb.add_argument("--noise", default=None,
+                    help="simulated estimators' noise: low, medium or high (default low); not for trained ones")
     # Method
-    rb.add_argument("--seed", type=int, default=0, help="seed of the estimator noise draw (default 0)")
+    rb.add_argument("--seed", type=int, default=0,
+                    help="seed of the estimator noise draw, or of the trained estimators' folds (default 0)")
     rb.add_argument("--max-depth", type=int, default=5, help="cascade routing's max models per query (default 5)")
     rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
                     help="lambda fitting: per-step search or one constant lambda (default per_step)")
@@ -227,14 +236,19 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
 
     from estimators.plots import plot_quality_cost
     from estimators.protocol import METHODS, ProtocolSettings, run_protocol
-    from estimators.routerbench import load_routerbench
+    from estimators.routerbench import load_routerbench, split_by_file
 
     models: int | tuple[str, ...] = (
         int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
     )
+    trained = args.estimators == "trained"
+    if trained and args.noise is not None:
+        raise ValueError("--noise applies only to --estimators simulated (trained estimators have no noise level)")
+    noise = None if trained else (args.noise or "low")
     settings = ProtocolSettings(
         models=models,
-        noise=args.noise,
+        estimators=args.estimators,
+        noise=noise,
         seed=args.seed,
         max_depth=args.max_depth,
         strategy=args.strategy,
@@ -243,18 +257,24 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
     )
     from estimators.simulated import NOISE_LEVELS
 
-    if args.noise not in NOISE_LEVELS:
-        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {args.noise!r}")
+    if not trained and noise not in NOISE_LEVELS:
+        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
     data = args.data if args.data is not None else _DEFAULT_ROUTERBENCH
     if args.data is None and not data.exists():
         raise ValueError(f"no RouterBench data at {data}: pass --data PATH")
     table = load_routerbench(data)
+    estimator_table = None
+    if trained:
+        # Estimators learn from the train files; the paper's validation/test split is of the test files.
+        estimator_table, table = split_by_file(table, data)
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=args.quiet,
     ) as bar:
         tasks: dict[str, Any] = {}
+        if trained:
+            tasks["train estimators"] = bar.add_task("train estimators", total=None)
         for stage in ("fit", "test"):
             for m in METHODS:
                 tasks[f"{stage} {m}"] = bar.add_task(f"{stage} {m}", total=None)
@@ -262,10 +282,11 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
         def progress(stage: str, done: int, total: int) -> None:
             bar.update(tasks[stage], completed=done, total=total)
 
-        result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs)
+        result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs, estimator_table=estimator_table)
 
     out = Console()
-    title = f"RouterBench, {len(settings.model_names)} models, {settings.noise} noise, seed {settings.seed}: AUC x100"
+    how = "trained estimators" if trained else f"{settings.noise} noise"
+    title = f"RouterBench, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
     grid = Table(title=title)
     grid.add_column("method")
     grid.add_column("AUC", justify="right")
@@ -283,7 +304,8 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
         grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
     out.print(grid)
     s = result["settings"]
-    out.print(f"{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
+    trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
+    out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
               f"{s['total_s']:.1f} s")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,19 @@ calibrate on the validation rows only (spec §8 item 9); build the budget grid f
 of the single models (10 per hull segment, §5.4); fit every method at every budget on validation and
 score it on test; AUC ×100 with 500-resample paired bootstrap CIs.
 
+With ``estimators="trained"`` the noise-simulated estimators are replaced by
+:class:`~estimators.trained_quality.TrainedQualityEstimator`, which needs rows of its own. Three
+disjoint row sets, then:
+
+- **estimator training**: the ``estimator_table`` rows (for RouterBench, the ``*_train.csv`` files:
+  ``split_by_file``); the estimators see their prompts, responses, scores and costs;
+- **validation** (lambda/gamma fitting) and **test** (scoring): the paper's 5% / 95% split, unchanged,
+  of the ``table`` rows (the ``*_test.csv`` files).
+
+``run_protocol`` refuses an ``estimator_table`` that shares a ``sample_id`` with ``table``, so no scored
+query ever trains an estimator. Noise levels do not apply (``noise=None``); ``seed`` seeds the
+estimators' folds and subset draws.
+
 Costs are in the data's unit (USD per query for RouterBench).
 """
 
@@ -17,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from queue import Empty
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,11 +41,11 @@ from estimators.simulated import draw_noise, simulated_estimates
 from routing import (
     CascadeRouter,
     ConfidenceInterval,
+    EstimateSource,
     OptimalCascade,
     Policy,
     Router,
     StateMemos,
-    TableEstimates,
     ThresholdCascade,
     area_under_curve,
     auc_range,
@@ -45,16 +58,23 @@ from routing import (
     single_model_points,
 )
 
-__all__ = ["METHODS", "ProtocolSettings", "run_protocol"]
+__all__ = ["ESTIMATORS", "METHODS", "ProtocolSettings", "run_protocol"]
 
 FloatArray = NDArray[np.float64]
-# Progress callback: (stage such as "fit routing" or "test routing", done, total).
+# Progress callback: (stage such as "train estimators", "fit routing" or "test routing", done, total).
 Progress = Callable[[str, int, int], None]
 # The test split is scored in this many fixed chunks, each with its own seeded tie-break rng, so the
 # results are the same whatever the number of processes.
 _TEST_CHUNKS = 2
 
 METHODS = ("routing", "threshold_cascade", "optimal_cascade", "cascade_routing")
+ESTIMATORS = ("simulated", "trained")
+
+
+class _SplittableSource(EstimateSource, Protocol):
+    """An estimate source that can be restricted to some of its rows (TableEstimates, TrainedEstimates)."""
+
+    def subset(self, rows: NDArray[np.intp]) -> _SplittableSource: ...
 
 
 @dataclass(frozen=True)
@@ -62,8 +82,8 @@ class ProtocolSettings:
     """Everything that defines one evaluation; saved next to the results."""
 
     models: int | tuple[str, ...] = 11  # a paper set (3, 5, 11) or model names
-    noise: str = "low"
-    seed: int = 0  # noise draw; the split keeps the paper's seed
+    noise: str | None = "low"  # simulated estimators only; None with estimators="trained"
+    seed: int = 0  # noise draw, or the trained estimators' random_state; the split keeps the paper's seed
     split_seed: int = 42
     test_size: float = 0.95
     per_segment: int = 10
@@ -72,8 +92,16 @@ class ProtocolSettings:
     n_search: int = 24
     n_bootstrap: int = 500
     bootstrap_seed: int = 0
+    estimators: str = "simulated"  # "simulated" (noise, spec §5.1) or "trained" (module docstring)
 
     def __post_init__(self) -> None:
+        if self.estimators not in ESTIMATORS:
+            raise ValueError(f"estimators must be one of {list(ESTIMATORS)}, got {self.estimators!r}")
+        if self.estimators == "trained" and self.noise is not None:
+            raise ValueError(f"noise applies only to simulated estimators; use noise=None with trained ones, "
+                             f"got noise={self.noise!r}")
+        if self.estimators == "simulated" and self.noise is None:
+            raise ValueError("simulated estimators need a noise level (low, medium or high)")
         if self.strategy not in ("per_step", "constant"):
             raise ValueError(f"strategy must be 'per_step' or 'constant', got {self.strategy!r}")
         if isinstance(self.models, int) and self.models not in MODEL_SETS:
@@ -110,6 +138,7 @@ def run_protocol(
     methods: tuple[str, ...] = METHODS,
     progress: Progress | None = None,
     n_jobs: int = 1,
+    estimator_table: RouterBenchTable | None = None,
 ) -> dict[str, Any]:
     """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "settings"}``.
 
@@ -119,6 +148,10 @@ def run_protocol(
 
     ``n_jobs`` processes share the work (fits by method, then the test split in two fixed halves);
     results do not depend on it.
+
+    With ``settings.estimators == "trained"``, ``estimator_table`` holds the rows the estimators are
+    trained on (required, and disjoint in ``sample_id`` from ``table``, whose rows are split into
+    validation and test as usual; module docstring). It must be None for simulated estimators.
     """
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs!r}")
@@ -129,8 +162,23 @@ def run_protocol(
     val, test = train_test_split(rows, test_size=settings.test_size, random_state=settings.split_seed)
     if len(val) == 0 or len(test) == 0:
         raise ValueError(f"the split left an empty side ({len(val)} validation, {len(test)} test rows)")
-    signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
-    estimates = simulated_estimates(signals, quality, cost, fit_rows=val)
+    estimates: _SplittableSource
+    extra: dict[str, Any] = {}
+    t_est = time.perf_counter()
+    if settings.estimators == "simulated":
+        if estimator_table is not None:
+            raise ValueError("estimator_table is for estimators='trained'; simulated estimators calibrate on "
+                             "the validation split")
+        assert settings.noise is not None  # ProtocolSettings guarantees it
+        signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
+        estimates = simulated_estimates(signals, quality, cost, fit_rows=val)
+    else:
+        if progress is not None:
+            progress("train estimators", 0, 1)
+        estimates, extra = _trained_source(table, estimator_table, settings)
+        extra["estimator_fit_s"] = time.perf_counter() - t_est
+        if progress is not None:
+            progress("train estimators", 1, 1)
     est_val, est_test = estimates.subset(val), estimates.subset(test)
     q_val, c_val, q_test, c_test = quality[val], cost[val], quality[test], cost[test]
 
@@ -178,12 +226,39 @@ def run_protocol(
             "n_budgets": int(len(budgets)),
             "budgets_raised_to_validation_floor": int(np.sum(budgets < floor)),
             "cost_unit": "USD per query",
+            **extra,
             "fit_s": fit_s,
             "test_s": test_s,
             "n_jobs": n_jobs,
             "total_s": time.perf_counter() - started,
         },
     }
+
+
+def _trained_source(
+    table: RouterBenchTable, estimator_table: RouterBenchTable | None, settings: ProtocolSettings
+) -> tuple[_SplittableSource, dict[str, Any]]:
+    """Fit the trained estimators on ``estimator_table``; their source over ``table`` (models as sorted)."""
+    from estimators.trained_quality import TrainedQualityEstimator
+
+    if estimator_table is None:
+        raise ValueError("estimators='trained' needs estimator_table: the rows to train the estimators on")
+    shared = set(table.sample_ids) & set(estimator_table.sample_ids)
+    if shared:
+        raise ValueError(
+            f"{len(shared)} sample_id(s) are both in the evaluation rows and in estimator_table (e.g. "
+            f"{sorted(shared)[:3]}): an estimator must never train on a scored query"
+        )
+    train = estimator_table.select_models(table.models)
+    estimator = TrainedQualityEstimator(random_state=settings.seed).fit(train)
+    info = {
+        "estimator_rows": "estimator_table (RouterBench: *_train.csv rows whose sample_id is in no *_test.csv); "
+        "validation and test split the other rows (*_test.csv); no sample_id in both",
+        "n_estimator_training": int(train.n_queries),
+        "estimator_params": {k: v for k, v in estimator.get_params().items() if k != "random_state"},
+        "uncertainty_scale_fitted": estimator.uncertainty_scale_,
+    }
+    return estimator.estimate_source(table), info
 
 
 def _bootstrap(
@@ -235,7 +310,7 @@ def _fit_method(
     method: str,
     fit_budgets: FloatArray,
     settings: ProtocolSettings,
-    est_val: TableEstimates,
+    est_val: _SplittableSource,
     q_val: FloatArray,
     c_val: FloatArray,
 ) -> tuple[float, list[Policy]]:
@@ -253,7 +328,7 @@ def _score_chunk(
     chunk: int,
     rows: NDArray[np.intp],
     policies: dict[str, list[Policy]],
-    est_test: TableEstimates,
+    est_test: _SplittableSource,
     q_test: FloatArray,
     c_test: FloatArray,
     seed: int,
@@ -312,7 +387,7 @@ def _fit_all(
     methods: tuple[str, ...],
     fit_budgets: FloatArray,
     settings: ProtocolSettings,
-    est_val: TableEstimates,
+    est_val: _SplittableSource,
     q_val: FloatArray,
     c_val: FloatArray,
     n_jobs: int,
@@ -330,7 +405,7 @@ def _fit_all(
 
 def _score_all(
     policies: dict[str, list[Policy]],
-    est_test: TableEstimates,
+    est_test: _SplittableSource,
     q_test: FloatArray,
     c_test: FloatArray,
     seed: int,

@@ -33,6 +33,7 @@ __all__ = [
     "ROUTERBENCH_MODELS",
     "RouterBenchTable",
     "load_routerbench",
+    "split_by_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,55 @@ def load_routerbench(path: str | Path, *, models: Iterable[str] | None = None) -
         cost_usd=np.array([r.cost for r in kept], dtype=np.float64).reshape(len(kept), len(selected)),
         responses=tuple(tuple(r.responses or ()) for r in kept) if with_responses else None,
     )
+
+
+def split_by_file(table: RouterBenchTable, path: str | Path) -> tuple[RouterBenchTable, RouterBenchTable]:
+    """Split a loaded table into the rows of the folder's ``*_train.csv`` and ``*_test.csv`` files.
+
+    The republished RouterBench files come as train/test pairs per task. A ``sample_id`` that occurs in
+    any test file counts as **test**, even if a train file repeats it (6 ids in the real data): the train
+    side must never hold a query that is scored. Rows of ``table`` in neither kind of file are left out.
+
+    Parameters
+    ----------
+    table : RouterBenchTable
+        Loaded from ``path`` (``load_routerbench(path)``), any model selection.
+    path : str or Path
+        The folder ``table`` came from.
+
+    Returns
+    -------
+    (train, test) : tuple of RouterBenchTable
+        Disjoint in ``sample_id``, rows in ``table`` order.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a folder with at least one ``*_train.csv`` and one ``*_test.csv``, or a side
+        ends up empty.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: a train/test split needs a folder of *_train.csv and *_test.csv files")
+    ids: dict[str, set[str]] = {}
+    for kind in ("train", "test"):
+        files = sorted(p for p in path.glob(f"*_{kind}.csv") if p.is_file())
+        if not files:
+            raise ValueError(f"{path}: no *_{kind}.csv file; a train/test split needs both kinds")
+        ids[kind] = set()
+        for file in files:
+            with _open_csv(file) as (header, rows):
+                if "sample_id" not in header:
+                    raise ValueError(f"{file}: missing column(s) ['sample_id']")
+                ids[kind].update(str(row["sample_id"]) for _, row in rows)
+    train_rows = [r for r, s in enumerate(table.sample_ids) if s in ids["train"] and s not in ids["test"]]
+    test_rows = [r for r, s in enumerate(table.sample_ids) if s in ids["test"]]
+    if not train_rows or not test_rows:
+        raise ValueError(
+            f"{path}: the split left {len(train_rows)} train and {len(test_rows)} test rows of the table; "
+            "was the table loaded from this folder?"
+        )
+    return table.take(train_rows), table.take(test_rows)
 
 
 # --------------------------------------------------------------------------------------------------

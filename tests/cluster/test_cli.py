@@ -58,6 +58,48 @@ def test_eval_routerbench_bad_input_exits_2_with_one_line(
     assert len(err) == 1 and message in err[0], err
 
 
+def test_eval_routerbench_trained_estimators_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Estimators learn from tiny_train.csv; validation and test split tiny_test.csv; the JSON says so."""
+    out = tmp_path / "trained.json"
+    rc = main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "3", "--estimators", "trained",
+               "--json", str(out), *FAST])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert set(result["auc"]) == {"linear", "routing", "threshold_cascade", "optimal_cascade", "cascade_routing"}
+    assert all(0.0 <= v <= 100.0 for v in result["auc"].values())
+    s = result["settings"]
+    assert s["estimators"] == "trained" and s["noise"] is None
+    assert s["n_estimator_training"] == 78  # tiny_train.csv's complete rows
+    assert s["n_validation"] + s["n_test"] == 40  # tiny_test.csv's rows
+    assert "*_train.csv" in s["estimator_rows"]
+    assert "trained estimators" in capsys.readouterr().out
+
+
+def test_eval_routerbench_default_is_simulated(tmp_path: Path) -> None:
+    out = tmp_path / "default.json"
+    assert main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "3", "--json", str(out), *FAST]) == 0
+    s = json.loads(out.read_text())["settings"]
+    assert s["estimators"] == "simulated" and s["noise"] == "low"
+    assert "n_estimator_training" not in s
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--estimators", "trained", "--noise", "low"], "--noise applies only to --estimators simulated"),
+        (["--estimators", "trained", "--data", str(FIXTURE / "tiny_test.csv")], "needs a folder"),
+    ],
+)
+def test_eval_routerbench_trained_bad_input_exits_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = [] if "--data" in args else ["--data", str(FIXTURE)]
+    rc = main(["eval", "routerbench", *data, *args, "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
 def test_eval_routerbench_accepts_model_names(tmp_path: Path) -> None:
     out = tmp_path / "names.json"
     names = "mistralai/mixtral-8x7b-chat,gpt-3.5-turbo-1106,gpt-4-1106-preview"
