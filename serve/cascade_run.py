@@ -166,7 +166,7 @@ def _stage_body(endpoint: str, body: dict[str, Any], model: str, logprobs: bool)
     return out
 
 
-def _strip_logprobs(endpoint: str, body: dict[str, Any], response: dict[str, Any]) -> None:
+def _strip_logprobs(body: dict[str, Any], response: dict[str, Any]) -> None:
     asked = body.get("logprobs")
     if asked:
         return
@@ -300,7 +300,7 @@ async def run_cascade(
     answered_stages[-1]["decision"] = "accept"
     selected = next(i for i, t in enumerate(trace) if t["model"] == chosen and t["decision"] != "error")
     response = dict(responses[chosen])
-    _strip_logprobs(endpoint, body, response)
+    _strip_logprobs(body, response)
     usage = {
         "prompt_tokens": sum(s.prompt_tokens for s in stages.values()),
         "completion_tokens": sum(s.completion_tokens for s in stages.values()),
