@@ -307,6 +307,9 @@ async def run_cascade(
     }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     total_gpu_s = sum(s.gpu_s for s in stages.values())
+    # Summing the rounded stage values keeps the trace self-consistent: a reader adding up
+    # stages[*].gpu_ms gets total_gpu_ms exactly, not one unit off in the last digit.
+    total_gpu_ms = round(sum(round(s.gpu_s * 1e3, 3) for s in stages.values()), 3)
     response["usage"] = usage
     response["model"] = chosen
     response["cascade"] = {
@@ -315,7 +318,7 @@ async def run_cascade(
         "max_depth": knobs.max_depth,
         "stages": trace,
         "selected_stage": selected,
-        "total_gpu_ms": round(total_gpu_s * 1e3, 3),
+        "total_gpu_ms": total_gpu_ms,
     }
     response.pop("metrics", None)
     return CascadeOutcome(response=response, served_model=chosen, stages=trace, total_gpu_s=total_gpu_s,

@@ -304,7 +304,7 @@ class CascadeController:
             **headers,
             "x-cascade-served-model": outcome.served_model,
             "x-cascade-stages": str(sum(s["decision"] != "error" for s in outcome.stages)),
-            "x-cascade-cost-gpu-ms": f"{outcome.total_gpu_s * 1e3:.3f}",
+            "x-cascade-cost-gpu-ms": f"{outcome.response['cascade']['total_gpu_ms']:.3f}",
         }
         if not stream:
             return outcome.response, headers
