@@ -6,6 +6,7 @@
     cascade models build --out .cache/tiny
     cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
     cascade status / cascade down [--stop-ray]
+    cascade calibrate models.cpu.yaml --prompts data.jsonl --budget 40%   # on the running fleet
     cascade demo                               # local CPU fleet, a few prompts through the cascade
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
@@ -85,6 +86,29 @@ def _build_parser() -> argparse.ArgumentParser:
     dn = sub.add_parser("down", help="delete the deployed fleet")
     dn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or the local one)")
     dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head node (`ray stop`)")
+
+    ca = sub.add_parser(
+        "calibrate", help="replay labelled prompts through the running fleet; fit estimators, cost model and lambda",
+        description="Every prompt of --prompts goes to every model of the fleet (it must be up: `cascade up FILE`); "
+        "answers are graded, the quality estimators and the GPU-time cost model are fitted on a training split, "
+        "every policy is evaluated on the held-out split, and the artifacts (bound to the fleet's models) are "
+        "written to --out. Interrupted runs resume from OUT/replay.jsonl.",
+    )
+    ca.add_argument("file", type=Path, help="fleet file of the running fleet")
+    ca.add_argument("--prompts", type=Path, required=True,
+                    help="JSON lines: {messages|prompt, answer, [id, grader, task, max_tokens]} per line")
+    ca.add_argument("--out", type=Path, default=None, help="artifact folder (default calibration/<fleet file stem>)")
+    ca.add_argument("--budget", default=None,
+                    help="average GPU-seconds per query (0.05) or a share of the strongest model's cost (40%%)")
+    ca.add_argument("--url", default=None, help="endpoint of the fleet (default http://127.0.0.1:8000)")
+    ca.add_argument("--held-out", type=float, default=0.4, help="share of prompts held out of training (default 0.4)")
+    ca.add_argument("--concurrency", type=int, default=4, help="replay requests in flight (default 4)")
+    ca.add_argument("--grader", default="exact_match", help="grader of rows without one (default exact_match)")
+    ca.add_argument("--max-tokens", type=int, default=64, help="max_tokens of rows without one (default 64)")
+    ca.add_argument("--max-depth", type=int, default=None, help="models per query (default: the fleet file's)")
+    ca.add_argument("--seed", type=int, default=0, help="split and estimator seed (default 0)")
+    ca.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the report (default 200)")
+    ca.add_argument("--quiet", action="store_true", help="no progress bars")
 
     de = sub.add_parser("demo", help="build the tiny models, bring up the CPU fleet locally, run prompts through "
                         "the cascade and print each answer with its routing trace")
@@ -180,6 +204,27 @@ def _demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
 
     return run_demo(args.fleet, port=args.port, timeout_s=args.timeout)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from cluster.calibrate import CalibrateOptions, print_summary, run_calibrate
+    from estimators.artifacts import ArtifactsError
+
+    out = args.out or Path("calibration") / args.file.stem
+    keys = [k for k in os.environ.get("CASCADE_API_KEYS", "").split(",") if k]
+    opts = CalibrateOptions(
+        fleet_file=args.file, prompts=args.prompts, out=out, url=args.url or "http://127.0.0.1:8000",
+        budget=args.budget, held_out=args.held_out, concurrency=args.concurrency, seed=args.seed,
+        grader=args.grader, max_tokens=args.max_tokens, max_depth=args.max_depth,
+        api_key=keys[0] if keys else None, bootstrap=args.bootstrap, quiet=args.quiet,
+    )
+    try:
+        summary = run_calibrate(opts)
+    except ArtifactsError as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary, out)
+    return 0
 
 
 def _build_models(args: argparse.Namespace) -> int:
@@ -336,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             return _down(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
     except ConfigError as exc:
         print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:

@@ -125,7 +125,7 @@ class CascadeSettings(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    policy: Literal["routing", "cascade", "cascade_routing"] = "cascade_routing"
+    policy: Literal["routing", "cascade", "threshold_cascade", "cascade_routing"] = "cascade_routing"
     max_depth: int | None = Field(default=None, ge=1)  # at most this many models per query
     budget_gpu_s: float | None = Field(default=None, gt=0)  # average GPU-seconds per query, fitted to
     lambda_: float | None = Field(default=None, ge=0, alias="lambda")  # or a fixed multiplier
@@ -208,7 +208,10 @@ class FleetConfig(StrictModel):
                 loading = spec.model_loading_config.model_copy(update={"model_source": resolved})
                 spec = spec.model_copy(update={"model_loading_config": loading})
             models.append(spec)
-        return self.model_copy(update={"models": models})
+        cascade = self.cascade
+        if cascade.artifacts is not None and not cascade.artifacts.is_absolute():
+            cascade = cascade.model_copy(update={"artifacts": (folder / cascade.artifacts).resolve()})
+        return self.model_copy(update={"models": models, "cascade": cascade})
 
 
 def _min_replicas(deployment_config: dict[str, Any]) -> int:

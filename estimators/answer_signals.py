@@ -12,7 +12,12 @@ RouterBench has no log-probabilities, so the post-hoc signals are what the respo
 - **code and open text** (MBPP): exact equality of programs almost never happens, so agreement is the
   Jaccard similarity of the token sets of the extracted code, in [0, 1]; "extracted" means the response
   contains a function definition.
-- for every response, ``log(1 + number of characters)``: the paper's log(length) certainty feature.
+- **final answers** (a calibration set graded ``numeric`` or ``exact_match``; only when the caller says
+  so through ``kinds``): the final answer as the graders extract it (last ``\\boxed{}``, ``####`` or
+  last number; else the normalised text); answers agree when their values are equal.
+- for every response, ``log(1 + number of characters)``: the paper's log(length) certainty feature;
+  and, where the engine reported them (``stats``), the answer's token log-probability summary and
+  whether it stopped at ``max_tokens`` (all zero otherwise).
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["AnswerSignals", "answer_signals", "choice_options", "code_tokens", "extract_choice"]
+from estimators.graders import _final_answer, _normalise_math, _parse_number
+
+__all__ = [
+    "AnswerSignals", "answer_signals", "answer_stats", "choice_options", "code_tokens", "extract_choice",
+    "final_answer",
+]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -52,11 +62,15 @@ class AnswerSignals:
         Whether an answer (a valid option letter, or a function definition) was found in the response.
     log_length : ndarray of shape (n_queries, n_models)
         ``log(1 + number of characters)`` of the response.
+    stats : ndarray of shape (n_queries, n_models, n_stats)
+        The engine's signals of each answer (``RouterBenchTable.answer_stats`` columns); zeros when
+        none were recorded.
     """
 
     agreement: FloatArray
     extracted: BoolArray
     log_length: FloatArray
+    stats: FloatArray
 
     def __post_init__(self) -> None:
         if self.agreement.ndim != 3 or self.agreement.shape[1] != self.agreement.shape[2]:
@@ -65,10 +79,12 @@ class AnswerSignals:
         for name in ("extracted", "log_length"):
             if getattr(self, name).shape != shape:
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if self.stats.ndim != 3 or self.stats.shape[:2] != shape:
+            raise ValueError(f"stats has shape {self.stats.shape}, expected {shape} + (n_stats,)")
 
     def take(self, rows: NDArray[np.intp]) -> AnswerSignals:
         """The signals of ``rows`` only."""
-        return AnswerSignals(self.agreement[rows], self.extracted[rows], self.log_length[rows])
+        return AnswerSignals(self.agreement[rows], self.extracted[rows], self.log_length[rows], self.stats[rows])
 
 
 def choice_options(prompt: str) -> dict[str, str] | None:
@@ -118,7 +134,13 @@ def code_tokens(response: str) -> frozenset[str] | None:
     return frozenset(_TOKEN.findall(code))
 
 
-def answer_signals(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -> AnswerSignals:
+def answer_signals(
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    *,
+    kinds: Sequence[str] | None = None,
+    stats: FloatArray | None = None,
+) -> AnswerSignals:
     """Extract answers and compute pairwise agreement for every query (see the module docstring).
 
     Parameters
@@ -126,6 +148,11 @@ def answer_signals(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -
     prompts : sequence of str of length n_queries
     responses : sequence of n_queries sequences of n_models str
         ``responses[r][i]`` is model i's response text to query r.
+    kinds : sequence of {"choice", "code", "final"} of length n_queries, optional
+        How each query's answers are compared; by default detected from the prompt (a multiple-choice
+        instruction, else code).
+    stats : ndarray of shape (n_queries, n_models, n_stats), optional
+        The engine's per-answer signals, passed through (``RouterBenchTable.answer_stats``).
 
     Returns
     -------
@@ -139,13 +166,20 @@ def answer_signals(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -
     k = len(responses[0])
     if k == 0 or any(len(r) != k for r in responses):
         raise ValueError("responses must hold the same positive number of strings (one per model) in every row")
+    if kinds is not None and len(kinds) != n:
+        raise ValueError(f"kinds has {len(kinds)} entries, prompts has {n}")
     agreement = np.zeros((n, k, k))
     extracted = np.zeros((n, k), dtype=bool)
     log_length = np.zeros((n, k))
     for r, (prompt, row) in enumerate(zip(prompts, responses, strict=True)):
         log_length[r] = np.log1p([len(s) for s in row])
-        options = choice_options(prompt)
-        if options is not None:
+        kind = None if kinds is None else kinds[r]
+        options = choice_options(prompt) if kind in (None, "choice") else None
+        if kind == "final":
+            finals = [final_answer(s) for s in row]
+            extracted[r] = [f is not None for f in finals]
+            agreement[r] = [[a is not None and a == b for b in finals] for a in finals]
+        elif options is not None:
             letters = [extract_choice(s, options) for s in row]
             codes = np.array([-1 if c is None else ord(c) for c in letters])
             extracted[r] = codes >= 0
@@ -163,8 +197,46 @@ def answer_signals(prompts: Sequence[str], responses: Sequence[Sequence[str]]) -
                         agreement[r, i, j] = agreement[r, j, i] = len(ti & tj) / len(ti | tj)
     idx = np.arange(k)
     agreement[:, idx, idx] = 0.0
-    return AnswerSignals(agreement=agreement, extracted=extracted, log_length=log_length)
+    if stats is None:
+        stats_arr = np.zeros((n, k, 0))
+    else:
+        stats_arr = np.asarray(stats, dtype=np.float64)
+        if stats_arr.ndim != 3 or stats_arr.shape[:2] != (n, k):
+            raise ValueError(f"stats has shape {stats_arr.shape}, expected {(n, k)} + (n_stats,)")
+    return AnswerSignals(agreement=agreement, extracted=extracted, log_length=log_length, stats=stats_arr)
+
+
+def final_answer(response: str) -> str | None:
+    """The final answer of a response as a comparable key: its value for a number, else normalised text.
+
+    None for an empty response. Extraction is the graders' (``estimators.graders``), so two answers
+    agree exactly when ``numeric_match`` would score one against the other.
+    """
+    if not response.strip():
+        return None
+    span = _final_answer(response)
+    value = _parse_number(span)
+    if value is not None:
+        return f"#{value}"
+    text = _normalise_math(span).lower()
+    return text or None
 
 
 def _normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+# A floor for log-probabilities: an empty answer or a forced token must not turn a statistic into -inf.
+_LOGPROB_FLOOR = -30.0
+
+
+def answer_stats(token_logprobs: Sequence[float], finish_reason: str | None) -> FloatArray:
+    """The engine's signals of one answer, in the columns of ``RouterBenchTable.answer_stats``.
+
+    Token log-probability mean, minimum and 10th percentile (floored at -30; all at the floor for an
+    empty answer), and 1.0 when the answer stopped at ``max_tokens`` (``finish_reason == "length"``).
+    """
+    lp = np.maximum(np.asarray(token_logprobs, dtype=np.float64), _LOGPROB_FLOOR)
+    if lp.size == 0:
+        lp = np.array([_LOGPROB_FLOOR])
+    return np.array([lp.mean(), lp.min(), np.quantile(lp, 0.1), float(finish_reason == "length")])

@@ -29,6 +29,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
+    "ANSWER_KINDS",
+    "ANSWER_STATS",
     "MODEL_SETS",
     "ROUTERBENCH_MODELS",
     "RouterBenchTable",
@@ -39,6 +41,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
+
+# Columns of ``RouterBenchTable.answer_stats``: the answer's own post-hoc signals (algorithm-spec §5.2).
+ANSWER_STATS: tuple[str, ...] = ("mean_logprob", "min_logprob", "q10_logprob", "stopped_at_max_tokens")
+ANSWER_KINDS: tuple[str, ...] = ("choice", "code", "final")
 
 # Score-column order of the RouterBench wide files (columns 4..14 after the leading pandas index,
 # sample_id, prompt and eval_name); algorithm-spec §5.1 indexes models in this order.
@@ -101,6 +107,14 @@ class RouterBenchTable:
     responses : tuple of tuple of str, or None
         ``responses[i][j]`` is model ``j``'s answer text to query ``i``; None when the source has no
         response columns.
+    answer_stats : ndarray of shape (n_queries, n_models, N_ANSWER_STATS), or None
+        The answer's own signals where the engine reported them (a calibration replay; RouterBench has
+        none): columns :data:`ANSWER_STATS` (token log-probability mean, minimum and 10th percentile,
+        and 1.0 when the answer stopped at ``max_tokens``).
+    answer_kinds : tuple of str, or None
+        Per query, how answers are compared (:data:`ANSWER_KINDS`): ``"choice"`` (option letters),
+        ``"code"`` (token overlap of programs) or ``"final"`` (the final answer, numeric or text, as the
+        graders extract it). None: detected from the prompt, as for RouterBench.
     """
 
     sample_ids: tuple[str, ...]
@@ -110,6 +124,8 @@ class RouterBenchTable:
     quality: FloatArray
     cost_usd: FloatArray
     responses: tuple[tuple[str, ...], ...] | None = None
+    answer_stats: FloatArray | None = None
+    answer_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("sample_ids", "prompts", "eval_names", "models"):
@@ -139,6 +155,20 @@ class RouterBenchTable:
             if len(responses) != n or any(len(r) != k for r in responses):
                 raise ValueError(f"responses must be {n} rows of {k} strings (n_queries, n_models)")
             object.__setattr__(self, "responses", responses)
+        if self.answer_stats is not None:
+            stats = np.array(self.answer_stats, dtype=np.float64, copy=True)
+            if stats.shape != (n, k, len(ANSWER_STATS)):
+                raise ValueError(f"answer_stats has shape {stats.shape}, expected {(n, k, len(ANSWER_STATS))}")
+            if not np.all(np.isfinite(stats)):
+                raise ValueError("answer_stats contains non-finite values")
+            stats.flags.writeable = False
+            object.__setattr__(self, "answer_stats", stats)
+        if self.answer_kinds is not None:
+            kinds = tuple(self.answer_kinds)
+            bad = sorted(set(kinds) - set(ANSWER_KINDS))
+            if len(kinds) != n or bad:
+                raise ValueError(f"answer_kinds must be {n} values among {list(ANSWER_KINDS)}, got {bad or len(kinds)}")
+            object.__setattr__(self, "answer_kinds", kinds)
 
     @property
     def n_queries(self) -> int:
@@ -173,6 +203,8 @@ class RouterBenchTable:
             quality=self.quality[:, cols],
             cost_usd=self.cost_usd[:, cols],
             responses=responses,
+            answer_stats=None if self.answer_stats is None else self.answer_stats[:, cols],
+            answer_kinds=self.answer_kinds,
         )
 
     def sorted_by_cost(self) -> RouterBenchTable:
@@ -194,6 +226,8 @@ class RouterBenchTable:
             quality=self.quality[idx],
             cost_usd=self.cost_usd[idx],
             responses=None if self.responses is None else tuple(self.responses[i] for i in idx),
+            answer_stats=None if self.answer_stats is None else self.answer_stats[idx],
+            answer_kinds=None if self.answer_kinds is None else tuple(self.answer_kinds[i] for i in idx),
         )
 
 

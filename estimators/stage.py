@@ -44,6 +44,8 @@ class StageResult:
     queue_s: float
     prefill_s: float
     decode_s: float
+    text: str = ""  # the answer, for estimators that compare answers
+    finish_reason: str | None = None
 
     @property
     def gpu_s(self) -> float:

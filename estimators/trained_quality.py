@@ -13,7 +13,8 @@ the evaluation never scores:
   ``z_i`` and ``z_i`` × task; which other models answered; how much the answered others agree among
   themselves (mean pairwise agreement from -1 to +1, overall and per task) and the share of them with
   an extractable answer; and, once i itself answered (post-hoc), its own signals (an answer was
-  extracted, log response length), its agreement with each answered model coded +1 agrees / -1
+  extracted, log response length, and where the table has them its token log-probability mean, minimum
+  and 10th percentile and whether it hit ``max_tokens``), its agreement with each answered model coded +1 agrees / -1
   disagrees / 0 not answered (one weight per other model), their sum (overall and per task) and mean.
   Answer extraction and agreement: :mod:`estimators.answer_signals`. A model not yet run thus gets an
   ex-ante estimate that sharpens as others answer, as in spec §1.1. Per-size models matter: one model
@@ -214,7 +215,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
             z_oof[held] = self._new_ante().fit(x_ante[~held], quality[~held]).decision_function(x_ante[held])
         self.ante_ = self._new_ante().fit(x_ante, quality)
 
-        train = PreparedQueries(z_ante=z_oof, task=task, signals=answer_signals(table.prompts, _responses(table)))
+        train = PreparedQueries(z_ante=z_oof, task=task, signals=_signals(table))
         n_buckets = min(self.n_size_buckets, k)
         n_post = _post_features(0, train, np.zeros(1, dtype=np.intp), np.zeros((1, k), dtype=bool)).shape[1]
         self.post_coef_ = np.zeros((k, 2, n_buckets, n_post))
@@ -256,8 +257,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
             raise ValueError(f"the table's models {list(table.models)} differ from the fitted {list(self.models_)}")
         task = self._task_onehot(table.eval_names)
         z = np.asarray(self.ante_.decision_function(self._ante_features(table.prompts, task)), dtype=np.float64)
-        return PreparedQueries(z_ante=z.reshape(table.n_queries, -1), task=task,
-                               signals=answer_signals(table.prompts, _responses(table)))
+        return PreparedQueries(z_ante=z.reshape(table.n_queries, -1), task=task, signals=_signals(table))
 
     def predict_quality(self, prepared: PreparedQueries, rows: IntArray, answered: BoolArray) -> FloatArray:
         """P(correct) of every model for queries ``rows`` given the models that answered each.
@@ -458,6 +458,10 @@ def _responses(table: RouterBenchTable) -> tuple[tuple[str, ...], ...]:
     return table.responses
 
 
+def _signals(table: RouterBenchTable) -> AnswerSignals:
+    return answer_signals(table.prompts, _responses(table), kinds=table.answer_kinds, stats=table.answer_stats)
+
+
 def _check_state(rows: Any, answered: Any, n_queries: int, k: int) -> tuple[IntArray, BoolArray]:
     rows = np.asarray(rows)
     answered = np.asarray(answered)
@@ -481,7 +485,8 @@ def _pack(answered: BoolArray) -> NDArray[np.int64]:
 def _post_features(i: int, q: PreparedQueries, rows: IntArray, answered: BoolArray) -> FloatArray:
     """Features of target model ``i`` for queries ``rows`` in states ``answered`` (module docstring).
 
-    Shape (n, 9 + 4 * n_tasks + 2 * n_models); the post-hoc block is zero where i has not answered.
+    Shape (n, 9 + 4 * n_tasks + 2 * n_models + n_stats); the post-hoc block (with i's own answer
+    statistics, ``AnswerSignals.stats``) is zero where i has not answered.
     Every operation is row-wise, so a row's features do not depend on the other rows of the batch.
     """
     n, k = answered.shape
@@ -513,6 +518,7 @@ def _post_features(i: int, q: PreparedQueries, rows: IntArray, answered: BoolArr
         net,
         net * task,
         mean_signed,
+        q.signals.stats[rows, i],
     ])
     out: FloatArray = np.hstack([
         z, task, z * task, oth, n_oth / max(k - 1, 1), consensus, has_pairs, consensus * task, extracted_others, post,

@@ -7,6 +7,7 @@ bootstrap). Nothing here imports Ray, vLLM, torch, pydantic or scikit-learn.
 
 from routing._base import NotFittedError, Policy, check_is_fitted
 from routing._cascade_router import CascadeRouter, OptimalCascade
+from routing._constant_lambda import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy
 from routing._estimates import Estimates, EstimateSource, TableEstimates
 from routing._evaluation import (
     AucRange,
@@ -30,6 +31,7 @@ from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
 
 __all__ = [
+    "CONSTANT_LAMBDA_POLICIES",
     "AucRange",
     "CascadeRouter",
     "ConfidenceInterval",
@@ -52,6 +54,7 @@ __all__ = [
     "budget_grid",
     "check_is_fitted",
     "clark_expected_max",
+    "constant_lambda_policy",
     "expected_max",
     "fit_lambdas",
     "hull_models",

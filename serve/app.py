@@ -37,12 +37,7 @@ def llm_config(spec: ModelSpec) -> Any:
 def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     """The Serve application: models bound into the controller as handles, fleet-file order kept."""
     settings = fleet.cascade
-    if settings.budget_gpu_s is not None:
-        raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs the calibration "
-                                      "artifacts (`cascade calibrate`, not built yet); give cascade.lambda"])
-    if settings.lambda_ is None:
-        raise ConfigError("<fleet>", ["cascade.lambda: required (quality per GPU-second; 0 = always escalate "
-                                      "to the best, large = stay on the cheapest)"])
+    lam = _lambda(fleet)
     from ray.serve.llm import build_llm_deployment
 
     from serve.controller import CascadeController
@@ -54,7 +49,8 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     keys = api_keys if api_keys is not None else [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
     controller_settings = {
         "policy": settings.policy,
-        "lambda": settings.lambda_,
+        "lambda": lam,
+        "artifacts": None if settings.artifacts is None else str(settings.artifacts),
         "max_depth": settings.max_depth,
         "stage_timeout_s": settings.stage_timeout_s,
     }
@@ -72,6 +68,36 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}}
     )
     return controller.bind(models=models, settings=controller_settings, api_keys=keys)
+
+
+def _lambda(fleet: FleetConfig) -> float:
+    """The fleet's lambda: given, or fitted to ``budget_gpu_s`` by calibration; artifacts must match the fleet."""
+    settings = fleet.cascade
+    if settings.artifacts is None:
+        if settings.budget_gpu_s is not None:
+            raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs calibration "
+                                          "artifacts: run `cascade calibrate` and set cascade.artifacts"])
+        if settings.lambda_ is None:
+            raise ConfigError("<fleet>", ["cascade.lambda: required without cascade.artifacts (quality per "
+                                          "GPU-second; 0 = always escalate to the best, large = stay on the cheapest)"])
+        return settings.lambda_
+    from cluster.fingerprint import fleet_fingerprints
+    from estimators.artifacts import ArtifactsError, load_artifacts
+
+    try:
+        artifacts = load_artifacts(settings.artifacts, fleet_fingerprints(fleet))
+        if settings.lambda_ is not None:
+            return settings.lambda_
+        policy = "optimal_cascade" if settings.policy == "cascade" else settings.policy
+        if settings.budget_gpu_s is not None:
+            return artifacts.lambda_for(policy, settings.budget_gpu_s)
+        budget = artifacts.summary.get("budget")
+        if budget is None or budget["policy"] != policy:
+            raise ArtifactsError("the artifacts hold no budget for policy "
+                                 f"{policy!r}; give cascade.budget_gpu_s or cascade.lambda")
+        return float(budget["lambda"])
+    except ArtifactsError as exc:
+        raise ConfigError("<fleet>", [f"cascade.artifacts: {exc}"]) from None
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -25,12 +25,13 @@ from typing import Any, Literal
 import numpy as np
 
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
-from routing import CascadeRouter, Estimates, OptimalCascade, Policy
+from routing import Estimates, Policy, constant_lambda_policy
 from serve.errors import ApiError
 
 __all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "query_info", "run_cascade", "stage_result"]
 
-PolicyName = Literal["routing", "cascade", "cascade_routing"]
+PolicyName = Literal["routing", "cascade", "threshold_cascade", "cascade_routing"]
+POLICIES: tuple[str, ...] = ("routing", "cascade", "threshold_cascade", "cascade_routing")
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 # Cost estimates need an answer length; OpenAI's own default for max_tokens is "up to the context".
@@ -82,9 +83,12 @@ def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> Cascad
         raise ApiError(400, f"cascade.max_depth must be an integer in [1, {n_models}], got {depth!r}",
                        param="cascade.max_depth")
     policy = raw.get("policy", default.policy)
-    if policy not in ("routing", "cascade", "cascade_routing"):
-        raise ApiError(400, f"cascade.policy must be routing, cascade or cascade_routing, got {policy!r}",
+    if policy not in POLICIES:
+        raise ApiError(400, f"cascade.policy must be one of {', '.join(POLICIES)}, got {policy!r}",
                        param="cascade.policy")
+    if policy == "threshold_cascade" and lam > 1:
+        raise ApiError(400, f"cascade.lambda of threshold_cascade is 1 - the quality threshold, in [0, 1]; got {lam!r}",
+                       param="cascade.lambda")
     if models is not None:
         depth = min(depth, len(models))
     return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models,
@@ -98,11 +102,7 @@ def _policy(knobs: CascadeKnobs) -> Policy:
 @functools.lru_cache(maxsize=256)
 def _policy_of(name: PolicyName, lam: float, max_depth: int) -> Policy:
     """The policy of a knob setting; cached: decisions with gamma = 0 draw nothing, so it is stateless."""
-    # One multiplier per step: the policies take as many steps as they have lambdas.
-    if name == "cascade":
-        return OptimalCascade.from_lambdas([lam] * max_depth, max_depth=max_depth)
-    depth = 1 if name == "routing" else max_depth
-    return CascadeRouter.from_lambdas([lam] * depth, max_depth=depth)
+    return constant_lambda_policy("optimal_cascade" if name == "cascade" else name, lam, max_depth)
 
 
 def query_info(endpoint: str, body: dict[str, Any]) -> QueryInfo:
@@ -142,7 +142,17 @@ def stage_result(model: str, endpoint: str, response: dict[str, Any]) -> StageRe
         queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
         prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
         decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
+        text=_answer_text(endpoint, choice),
+        finish_reason=choice.get("finish_reason"),
     )
+
+
+def _answer_text(endpoint: str, choice: dict[str, Any]) -> str:
+    if endpoint == "chat":
+        content = (choice.get("message") or {}).get("content")
+        return content if isinstance(content, str) else ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 @dataclass
@@ -235,7 +245,9 @@ async def run_cascade(
             run_next = policy.decide(est, answered).run_next
         decide_s.append(time.perf_counter() - t0)
         if run_next is None:
-            if stages:
+            if stages and knobs.policy == "threshold_cascade":
+                chosen = list(stages)[-1]  # the baseline returns its last answer, not its best
+            elif stages:
                 chosen = max(stages, key=lambda m: (float(q_mean[ordered.index(m)]), -ordered.index(m)))
             break
         model = ordered[run_next]

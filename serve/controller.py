@@ -35,7 +35,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from ray import serve
 
+from estimators.artifacts import load_artifacts
+from estimators.calibrated_quality import CalibratedQuality
 from estimators.logprob_quality import LogprobQuality
+from estimators.stage import CostEstimator, QualityEstimator
 from estimators.token_cost import TokenCostModel
 from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade, stage_result
 from serve.errors import ApiError, error_body
@@ -73,6 +76,11 @@ class _Metrics:
                                 buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), registry=r)
         self.rate = Gauge("cascade_cost_model_seconds_per_token", "Measured GPU-seconds per token",
                           ["model", "phase"], registry=r)
+        self.overhead = Gauge("cascade_cost_model_overhead_seconds", "Calibrated fixed GPU-seconds per request",
+                              ["model"], registry=r)
+        self.correction = Gauge("cascade_cost_model_live_correction",
+                                "Live factor on the calibrated cost law (bounded EWMA of measured/predicted)",
+                                ["model"], registry=r)
 
 
 def _sse(obj: Any) -> str:
@@ -103,8 +111,17 @@ class CascadeController:
             max_depth=int(settings.get("max_depth") or len(models)),
         )
         self._api_keys = set(api_keys)
-        self._quality = LogprobQuality()
-        self._cost = TokenCostModel()
+        self._quality: QualityEstimator
+        self._cost: CostEstimator
+        if settings.get("artifacts"):
+            # Calibrated estimators (`cascade calibrate`); the fleet's fingerprints were checked by the
+            # app builder, which has the model files; here the pickles are only loaded.
+            artifacts = load_artifacts(settings["artifacts"])
+            self._quality = CalibratedQuality(artifacts.quality, answer_kind=artifacts.summary["answer_kind"])
+            self._cost = artifacts.cost
+        else:
+            self._quality = LogprobQuality()
+            self._cost = TokenCostModel()
         self._ready: dict[str, bool] = dict.fromkeys(models, False)
         self._probing: set[str] = set()
         self._metrics = _Metrics()
@@ -153,10 +170,20 @@ class CascadeController:
         self._start_probe(model)
 
     def _update_rate_gauges(self, model: str) -> None:
-        rate = self._cost.rates.get(model)
-        if rate is not None:
-            self._metrics.rate.labels(model, "prefill").set(rate.prefill_s_per_token)
-            self._metrics.rate.labels(model, "decode").set(rate.decode_s_per_token)
+        if isinstance(self._cost, TokenCostModel):
+            rate = self._cost.rates.get(model)
+            if rate is not None:
+                self._metrics.rate.labels(model, "prefill").set(rate.prefill_s_per_token)
+                self._metrics.rate.labels(model, "decode").set(rate.decode_s_per_token)
+            return
+        coef = self._cost.coefficients().get(model)  # type: ignore[attr-defined]
+        if coef is not None:
+            # The calibrated law, times the live correction: what a prediction uses now.
+            k = coef["correction"]
+            self._metrics.rate.labels(model, "prefill").set(k * coef["prefill_s_per_token"])
+            self._metrics.rate.labels(model, "decode").set(k * coef["decode_s_per_token"])
+            self._metrics.overhead.labels(model).set(k * coef["overhead_s"])
+            self._metrics.correction.labels(model).set(k)
 
     # -- request plumbing -----------------------------------------------------------------------------
     def _check_auth(self, request: Request) -> None:

@@ -217,6 +217,70 @@ def test_stage_timeouts_skip_models_then_answer_503_with_retry_after(fleet_url: 
                                                                                                 "tiny-large")
 
 
+def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
+    fleet_url: str, client: Any, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """`cascade calibrate` on the live fleet, then the controller redeployed with its artifacts."""
+    from cluster.calibrate import CalibrateOptions, run_calibrate
+    from cluster.config import FleetConfig
+    from cluster.fingerprint import fleet_fingerprints
+    from cluster.fleet import deploy, wait_ready
+    from estimators.artifacts import ArtifactsError, load_artifacts
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(data))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(
+        json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": f"Tell me about item {i}."}],
+                    "answer": "n/a", "grader": "calibration_graders:even_word_count", "max_tokens": 6}) + "\n"
+        for i in range(30)
+    ))
+    out = tmp_path / "calibration"
+    opts = CalibrateOptions(fleet_file=fleet_file, prompts=prompts, out=out, url=fleet_url, budget="60%",
+                            concurrency=2, api_key=API_KEY, bootstrap=20, quiet=True)
+    summary = run_calibrate(opts)
+    cache = (out / "replay.jsonl").read_text().splitlines()
+    assert len(cache) == 60 and all(json.loads(line)["error"] is None for line in cache)
+    assert summary["models"] == ["tiny-small", "tiny-large"]  # cost order, measured
+    small, large = (summary["per_model"][m] for m in summary["models"])
+    assert 0 < small["gpu_s_per_query"] < large["gpu_s_per_query"]
+    assert all(0 <= v["cost_mape_ex_ante"] < 10 for v in summary["per_model"].values())
+    assert set(summary["report"]["auc"]) >= {"routing", "threshold_cascade", "optimal_cascade", "cascade_routing"}
+    assert summary["budget"]["policy"] == "cascade_routing" and summary["budget"]["cost"] <= summary["budget"][
+        "budget_gpu_s"]
+    assert (out / "pareto.png").stat().st_size > 0
+
+    # Resumable: a second run finds every pair in the cache and sends nothing.
+    run_calibrate(opts)
+    assert len((out / "replay.jsonl").read_text().splitlines()) == 60
+
+    fleet = FleetConfig.from_file(fleet_file)
+    fingerprints = fleet_fingerprints(fleet)
+    load_artifacts(out, fingerprints)
+    with pytest.raises(ArtifactsError, match="tiny-large: weights or engine settings changed"):
+        load_artifacts(out, {**fingerprints, "tiny-large": "0" * 16})
+
+    # The controller restarts with the calibrated estimators; the replicas' config is unchanged.
+    calibrated = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(
+        update={"artifacts": out, "lambda_": None})})
+    port = int(fleet_url.rsplit(":", 1)[1])
+    deploy(calibrated, host="127.0.0.1", port=port, api_keys=[API_KEY])
+    wait_ready(fleet_url, 600)
+    reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, temperature=0.0,
+                                           extra_body={"cascade": {"lambda": 0}})
+    stages = reply.model_extra["cascade"]["stages"]
+    assert [s["model"] for s in stages] == ["tiny-small", "tiny-large"]
+    assert all(0 <= s["quality_post_hoc"] <= 1 for s in stages)
+    assert reply.model_extra["cascade"]["lambda"] == 0
+    import httpx
+
+    metrics = httpx.get(fleet_url + "/metrics", timeout=30).text
+    assert 'cascade_cost_model_live_correction{model="tiny-large"}' in metrics
+
+
 def test_zz_dead_replica_is_skipped_and_the_cascade_re_decides(client: Any) -> None:
     """Runs last (zz): kills the tiny-small replica's actor mid-service, as a crash would."""
     import ray

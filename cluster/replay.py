@@ -1,0 +1,162 @@
+"""Replaying a labelled prompt set through every model of a live fleet, cached so a run can resume.
+
+Every (prompt, model) pair is one direct request to the fleet's endpoint (``model`` = the model's id,
+greedy, with token log-probabilities), so what calibration measures is what serving does: the same
+replicas, the same engines, vLLM's own per-request timings (queue, prefill, decode). Results are
+appended to a JSON-lines cache as they arrive, one line per pair, keyed by prompt id, model and the
+model's fingerprint: an interrupted run picks up where it stopped, and a model whose weights or engine
+settings changed is measured again. A pair that fails (timeout, error status) is recorded with its
+error and retried on the next run; the others are kept.
+
+``concurrency`` requests are in flight at a time, spread over the models; the concurrency is part of
+the measurement (batching changes per-request engine time) and is stored with the artifacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from estimators.prompt_set import PromptRow
+
+__all__ = ["ReplayRecord", "load_cache", "replay"]
+
+
+@dataclass(frozen=True)
+class ReplayRecord:
+    """One model's answer to one prompt, as its engine measured it; ``error`` set if the call failed."""
+
+    prompt_id: str
+    model: str
+    fingerprint: str
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_logprobs: tuple[float, ...] = ()
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def gpu_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+def load_cache(path: Path) -> dict[tuple[str, str, str], ReplayRecord]:
+    """Successful records of a cache file by (prompt id, model, fingerprint); later lines win.
+
+    A truncated last line (a run killed mid-write) is ignored; any other bad line is an error.
+    """
+    out: dict[tuple[str, str, str], ReplayRecord] = {}
+    if not path.exists():
+        return out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            record = ReplayRecord(**{**raw, "token_logprobs": tuple(raw.get("token_logprobs", ()))})
+        except (json.JSONDecodeError, TypeError) as exc:
+            if number == len(lines):
+                continue
+            raise ValueError(f"{path}:{number}: not a replay record ({exc}); delete the file to start over") from None
+        key = (record.prompt_id, record.model, record.fingerprint)
+        if record.error is None:
+            out[key] = record
+        else:
+            out.pop(key, None)
+    return out
+
+
+def _record(row: PromptRow, model: str, fingerprint: str, response: dict[str, Any]) -> ReplayRecord:
+    choice = (response.get("choices") or [{}])[0]
+    usage = response.get("usage") or {}
+    metrics = response.get("metrics") or {}
+    logprobs = choice.get("logprobs") or {}
+    if row.endpoint == "chat":
+        text = (choice.get("message") or {}).get("content") or ""
+        token_logprobs = [t["logprob"] for t in logprobs.get("content") or []]
+    else:
+        text = choice.get("text") or ""
+        token_logprobs = [x for x in logprobs.get("token_logprobs") or [] if x is not None]
+    # -inf logprobs (a token the sampler forced) would poison the statistics; JSON cannot hold them either.
+    finite = tuple(max(float(x), -1e4) if not math.isnan(float(x)) else -1e4 for x in token_logprobs)
+    return ReplayRecord(
+        prompt_id=row.id, model=model, fingerprint=fingerprint, text=str(text),
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=int(usage.get("completion_tokens", 0)),
+        token_logprobs=finite,
+        queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
+        prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
+        decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
+    )
+
+
+async def _replay(
+    url: str, rows: Sequence[PromptRow], fingerprints: dict[str, str], cache_path: Path, concurrency: int,
+    timeout_s: float, api_key: str | None, on_done: Callable[[ReplayRecord], None],
+) -> None:
+    import httpx
+
+    done = load_cache(cache_path)
+    todo = [(row, model) for row in rows for model, fp in fingerprints.items() if (row.id, model, fp) not in done]
+    # Row-major order interleaves the models, so every engine is busy and no model's timings come
+    # from a lone burst at the end.
+    queue: asyncio.Queue[tuple[PromptRow, str]] = asyncio.Queue()
+    for pair in todo:
+        queue.put_nowait(pair)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with cache_path.open("a", encoding="utf-8") as sink:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as client:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    row, model = queue.get_nowait()
+                    path = "/v1/chat/completions" if row.endpoint == "chat" else "/v1/completions"
+                    try:
+                        resp = await client.post(path, json=row.request_body(model))
+                        if resp.status_code == 200:
+                            record = _record(row, model, fingerprints[model], resp.json())
+                        else:
+                            message = resp.json().get("error", {}).get("message", resp.text)
+                            record = ReplayRecord(row.id, model, fingerprints[model],
+                                                  error=f"HTTP {resp.status_code}: {message}")
+                    except (httpx.HTTPError, ValueError) as exc:
+                        record = ReplayRecord(row.id, model, fingerprints[model],
+                                              error=f"{type(exc).__name__}: {exc}")
+                    sink.write(json.dumps(asdict(record)) + "\n")
+                    sink.flush()
+                    on_done(record)
+
+            await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+
+def replay(
+    url: str,
+    rows: Sequence[PromptRow],
+    fingerprints: dict[str, str],
+    cache_path: Path,
+    *,
+    concurrency: int = 4,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+    on_done: Callable[[ReplayRecord], None] = lambda record: None,
+) -> dict[tuple[str, str], ReplayRecord]:
+    """Run every missing (prompt, model) pair against ``url`` and return all successful records.
+
+    Returns (prompt id, model) → record for the current fingerprints; pairs that failed are missing
+    (their errors are in the cache file and in the ``on_done`` callbacks).
+    """
+    asyncio.run(_replay(url, rows, fingerprints, cache_path, concurrency, timeout_s, api_key, on_done))
+    done = load_cache(cache_path)
+    wanted = {(row.id, m): fp for row in rows for m, fp in fingerprints.items()}
+    return {(pid, m): rec for (pid, m, fp), rec in done.items() if wanted.get((pid, m)) == fp}
