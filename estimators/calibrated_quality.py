@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from estimators.answer_signals import answer_stats
-from estimators.routerbench import ANSWER_STATS, RouterBenchTable
+from estimators.answer_signals import answer_signals, answer_stats
+from estimators.routerbench import ANSWER_STATS
 from estimators.stage import QueryInfo, StageResult
 from estimators.trained_quality import PreparedQueries, TrainedQualityEstimator
 
@@ -37,6 +37,7 @@ class CalibratedQuality:
     estimator: TrainedQualityEstimator
     answer_kind: str = "final"
     _last: tuple[str, tuple[str, ...], PreparedQueries] | None = field(default=None, repr=False)
+    _ante: tuple[str, FloatArray, FloatArray] | None = field(default=None, repr=False)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -61,19 +62,21 @@ class CalibratedQuality:
         """Nothing to learn online: the estimator is refitted by the next calibration."""
 
     def _prepared(self, text: str, responses: tuple[str, ...], stages: dict[str, StageResult]) -> PreparedQueries:
-        # A request asks for estimates once per decision with the same answers so far: reuse them.
+        # A request asks once per decision, with one more answer each time: the query's text features
+        # (most of the work) are computed once per query, the answer signals per set of answers.
         if self._last is not None and self._last[0] == text and self._last[1] == responses:
             return self._last[2]
         known = self.models
+        if self._ante is None or self._ante[0] != text:
+            est = self.estimator
+            task = est._task_onehot((SERVING_TASK,))
+            z = np.asarray(est.ante_.decision_function(est._ante_features((text,), task)), dtype=np.float64)
+            self._ante = (text, z.reshape(1, -1), task)
         stats = np.zeros((1, len(known), len(ANSWER_STATS)))
         for j, m in enumerate(known):
             if m in stages:
                 stats[0, j] = answer_stats(stages[m].token_logprobs, stages[m].finish_reason)
-        table = RouterBenchTable(
-            sample_ids=("live",), prompts=(text,), eval_names=(SERVING_TASK,), models=known,
-            quality=np.zeros((1, len(known))), cost_usd=np.zeros((1, len(known))), responses=(responses,),
-            answer_stats=stats, answer_kinds=(self.answer_kind,),
-        )
-        prepared = self.estimator.prepare(table)
+        signals = answer_signals((text,), (responses,), kinds=(self.answer_kind,), stats=stats)
+        prepared = PreparedQueries(z_ante=self._ante[1], task=self._ante[2], signals=signals)
         self._last = (text, responses, prepared)
         return prepared
