@@ -321,7 +321,8 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
             predicted = self._expected_tokens(j, x_all[idx], np.array([r.max_tokens for r in mine]))
             self.live_completion_tokens_[model] = float(c.mean())
             self.live_expected_completion_tokens_[model] = float(predicted.mean())
-        self._last_query = None  # features of the last live query (``_query_features``), stale after a refit
+        # Features of the last live query (``_query_features``); stale after a refit.
+        self._last_query: tuple[tuple[str, float], Any] | None = None
         self.correction_ = dict.fromkeys(self.models_, 1.0)
         self.n_observed_ = dict.fromkeys(self.models_, 0)
         return self
