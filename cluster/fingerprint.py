@@ -24,9 +24,9 @@ _WHOLE_FILE_BYTES = 64 << 20
 _EDGE_BYTES = 1 << 20
 
 
-def _hash_file(digest: hashlib._Hash, path: Path) -> None:
+def _hash_file(digest: hashlib._Hash, path: Path, name: str) -> None:
     size = path.stat().st_size
-    digest.update(f"{path.name}:{size}\n".encode())
+    digest.update(f"{name}:{size}\n".encode())
     with path.open("rb") as fh:
         if size <= _WHOLE_FILE_BYTES:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -51,8 +51,10 @@ def model_fingerprint(spec: ModelSpec) -> str:
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     folder = Path(source)
     if folder.is_dir():
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            _hash_file(digest, path)
+        # Hub download caches (``.cache/huggingface``: timestamps) say nothing about the model.
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts)
+        for path in files:
+            _hash_file(digest, path, path.relative_to(folder).as_posix())
     else:
         digest.update(f"hub:{source}".encode())  # a hub id: the revision is in engine_kwargs when pinned
     return digest.hexdigest()[:16]

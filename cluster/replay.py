@@ -115,6 +115,7 @@ async def _replay(
         queue.put_nowait(pair)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     cache_path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_torn_last_line(cache_path)
     with cache_path.open("a", encoding="utf-8") as sink:
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as client:
 
@@ -127,7 +128,7 @@ async def _replay(
                         if resp.status_code == 200:
                             record = _record(row, model, fingerprints[model], resp.json())
                         else:
-                            message = resp.json().get("error", {}).get("message", resp.text)
+                            message = _error_message(resp)
                             record = ReplayRecord(row.id, model, fingerprints[model],
                                                   error=f"HTTP {resp.status_code}: {message}")
                     except (httpx.HTTPError, ValueError) as exc:
@@ -138,6 +139,29 @@ async def _replay(
                     on_done(record)
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """Cut a partial last line (a run killed mid-write), which ``load_cache`` ignores, so the next record
+    does not join it."""
+    if not path.exists():
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _error_message(resp: Any) -> str:
+    """The OpenAI error envelope's message, else the body's text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return str(resp.text)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return str(error) if isinstance(error, str) else str(resp.text)
 
 
 def replay(

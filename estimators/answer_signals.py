@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from estimators.graders import _final_answer, _normalise_math, _parse_number
+from estimators.graders import _extract_choice, _final_answer, _normalise_math, _parse_number
 
 __all__ = [
     "AnswerSignals", "answer_signals", "answer_stats", "choice_options", "code_tokens", "extract_choice",
@@ -179,8 +179,9 @@ def answer_signals(
             finals = [final_answer(s) for s in row]
             extracted[r] = [f is not None for f in finals]
             agreement[r] = [[a is not None and a == b for b in finals] for a in finals]
-        elif options is not None:
-            letters = [extract_choice(s, options) for s in row]
+        elif options is not None or kind == "choice":
+            # Without RouterBench's option line, letters are read as the ``choice`` grader reads them.
+            letters = [extract_choice(s, options) if options is not None else _extract_choice(s) for s in row]
             codes = np.array([-1 if c is None else ord(c) for c in letters])
             extracted[r] = codes >= 0
             agreement[r] = (codes[:, None] == codes[None, :]) & (codes[:, None] >= 0)

@@ -36,7 +36,7 @@ class CalibratedQuality:
 
     estimator: TrainedQualityEstimator
     answer_kind: str = "final"
-    _last: tuple[str, tuple[str, ...], PreparedQueries] | None = field(default=None, repr=False)
+    _last: tuple[tuple[object, ...], PreparedQueries] | None = field(default=None, repr=False)
     _ante: tuple[str, FloatArray, FloatArray] | None = field(default=None, repr=False)
 
     @property
@@ -64,9 +64,12 @@ class CalibratedQuality:
     def _prepared(self, text: str, responses: tuple[str, ...], stages: dict[str, StageResult]) -> PreparedQueries:
         # A request asks once per decision, with one more answer each time: the query's text features
         # (most of the work) are computed once per query, the answer signals per set of answers.
-        if self._last is not None and self._last[0] == text and self._last[1] == responses:
-            return self._last[2]
         known = self.models
+        # The key holds everything the row is built from: which models answered, and their statistics.
+        key = (text, responses, tuple((m, stages[m].token_logprobs, stages[m].finish_reason) if m in stages
+                                      else None for m in known))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         if self._ante is None or self._ante[0] != text:
             est = self.estimator
             task = est._task_onehot((SERVING_TASK,))
@@ -78,5 +81,5 @@ class CalibratedQuality:
                 stats[0, j] = answer_stats(stages[m].token_logprobs, stages[m].finish_reason)
         signals = answer_signals((text,), (responses,), kinds=(self.answer_kind,), stats=stats)
         prepared = PreparedQueries(z_ante=self._ante[1], task=self._ante[2], signals=signals)
-        self._last = (text, responses, prepared)
+        self._last = (key, prepared)
         return prepared

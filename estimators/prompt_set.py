@@ -100,8 +100,8 @@ def _parse(raw: Any, where: str, number: int, default_grader: str, default_max_t
     if "answer" not in raw or raw["answer"] is None:
         raise PromptSetError(f"{where}: unlabelled row: 'answer' (the reference answer) is required")
     answer = raw["answer"]
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise PromptSetError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or str(answer).strip() == "":
+        raise PromptSetError(f"{where}: 'answer' must be a non-empty string or a number, got {answer!r}")
     has_messages, has_prompt = "messages" in raw, "prompt" in raw
     if has_messages == has_prompt:
         raise PromptSetError(f"{where}: give exactly one of 'messages' (chat) or 'prompt' (completions)")
@@ -123,7 +123,8 @@ def _parse(raw: Any, where: str, number: int, default_grader: str, default_max_t
         if not isinstance(prompt, str) or not prompt:
             raise PromptSetError(f"{where}: 'prompt' must be a non-empty string")
     grader = raw.get("grader", default_grader)
-    if not isinstance(grader, str) or not (grader in GRADERS or ":" in grader):
+    module, _, function = grader.partition(":") if isinstance(grader, str) else ("", "", "")
+    if not isinstance(grader, str) or not (grader in GRADERS or (module and function)):
         raise PromptSetError(f"{where}: 'grader' must be one of {sorted(GRADERS)} or 'package.module:function', "
                              f"got {grader!r}")
     max_tokens = raw.get("max_tokens", default_max_tokens)

@@ -31,8 +31,8 @@ from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
 
 __all__ = [
-    "CONSTANT_LAMBDA_POLICIES",
     "AucRange",
+    "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
     "ConfidenceInterval",
     "Decision",

@@ -250,3 +250,81 @@ def test_logprobs_are_asked_only_where_a_decision_can_use_them() -> None:
     routed = CascadeKnobs(policy="routing", lambda_=0.0, max_depth=3)
     asyncio.run(run_cascade("chat", body, MODELS, fleet, quality, cost, routed, stage_timeout_s=5))
     assert "logprobs" not in fleet.calls[-1][1]
+
+
+# -- threshold_cascade -----------------------------------------------------------------------------
+
+
+class OverconfidentLargeFleet(FakeFleet):
+    """``large`` answers with low token logprobs: the last model run is not the most confident one."""
+
+    async def __call__(self, model: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await super().__call__(model, endpoint, body)
+        if model == "large":
+            for token in response["choices"][0]["logprobs"]["content"]:
+                token["logprob"] = -3.0
+        return response
+
+
+def test_threshold_cascade_knobs() -> None:
+    default = CascadeKnobs(policy="cascade_routing", lambda_=0.5, max_depth=2)
+    knobs = parse_knobs({"policy": "threshold_cascade", "lambda": 1}, default, MODELS)
+    assert knobs == CascadeKnobs("threshold_cascade", 1.0, 2)
+    assert parse_knobs({"policy": "threshold_cascade"}, default, MODELS).lambda_ == 0.5  # the default's lambda
+    high_default = CascadeKnobs(policy="cascade_routing", lambda_=2.0, max_depth=2)
+    for raw, fleet_default in [({"policy": "threshold_cascade", "lambda": 1.5}, default),
+                               ({"policy": "threshold_cascade"}, high_default)]:
+        with pytest.raises(ApiError) as info:
+            parse_knobs(raw, fleet_default, MODELS)
+        assert info.value.status == 400 and info.value.param == "cascade.lambda"
+        assert "1 - the quality threshold, in [0, 1]" in info.value.message
+    # Other policies read lambda as quality per GPU-second: no upper bound.
+    assert parse_knobs({"policy": "cascade_routing", "lambda": 1.5}, default, MODELS).lambda_ == 1.5
+
+
+def test_threshold_cascade_lambda_one_stays_on_the_cheapest() -> None:
+    fleet = FakeFleet()
+    out = _run(fleet, 1.0, policy="threshold_cascade")  # threshold 0: any answer is good enough
+    assert [m for m, _ in fleet.calls] == ["small"]
+    assert out.served_model == "small" and [s["decision"] for s in out.stages] == ["accept"]
+    assert out.response["cascade"]["policy"] == "threshold_cascade"
+
+
+def test_threshold_cascade_lambda_zero_climbs_to_max_depth_and_returns_the_last_answer() -> None:
+    fleet = OverconfidentLargeFleet()
+    out = _run(fleet, 0.0, policy="threshold_cascade", depth=3)  # threshold 1: nothing is good enough
+    assert [m for m, _ in fleet.calls] == MODELS  # cost order
+    post = {s["model"]: s["quality_post_hoc"] for s in out.stages}
+    assert post["medium"] > post["large"]  # medium's answer is the most confident ...
+    assert out.served_model == "large"  # ... but the baseline returns its last answer
+    assert out.response["model"] == "large"
+    assert out.response["choices"][0]["message"]["content"] == "answer of large"
+    assert out.response["cascade"]["selected_stage"] == 2
+    assert [s["decision"] for s in out.stages] == ["escalate", "escalate", "accept"]
+    # The same fleet under cascade routing returns the best estimate instead.
+    assert _run(OverconfidentLargeFleet(), 0.0, policy="cascade_routing").served_model == "medium"
+
+
+def test_threshold_cascade_stops_at_max_depth() -> None:
+    fleet = FakeFleet()
+    out = _run(fleet, 0.0, policy="threshold_cascade", depth=2)
+    assert [m for m, _ in fleet.calls] == ["small", "medium"]
+    assert out.served_model == "medium"
+
+
+def test_threshold_cascade_threshold_between_answers() -> None:
+    """Post-hoc estimates are exp(mean logprob): small 0.135, medium 0.497. Threshold 0.5 (lambda 0.5) escalates
+    past both; threshold 0.4 (lambda 0.6) accepts medium's answer."""
+    fleet = FakeFleet()
+    assert _run(fleet, 0.5, policy="threshold_cascade").served_model == "large"
+    fleet = FakeFleet()
+    assert _run(fleet, 0.6, policy="threshold_cascade").served_model == "medium"
+    assert [m for m, _ in fleet.calls] == ["small", "medium"]
+
+
+def test_threshold_cascade_skips_a_failed_model_and_returns_the_last_answer() -> None:
+    fleet = FakeFleet(fail={"medium"})
+    out = _run(fleet, 0.0, policy="threshold_cascade", depth=3)
+    assert [(s["model"], s["decision"]) for s in out.stages] == [
+        ("small", "escalate"), ("medium", "error"), ("large", "accept")]
+    assert out.served_model == "large"
