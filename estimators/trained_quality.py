@@ -150,6 +150,8 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
     cost_model_ : LinearRegression
         Ex-ante cost (USD) from prompt length and task; ``cost_floor_`` (n_models,) its lower clip.
     n_train_ : int
+    n_answer_stats_ : int
+        Columns of ``answer_stats`` the post-hoc models read (0 for tables without them, e.g. RouterBench).
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
             z_oof[held] = self._new_ante().fit(x_ante[~held], quality[~held]).decision_function(x_ante[held])
         self.ante_ = self._new_ante().fit(x_ante, quality)
 
+        self.n_answer_stats_ = _n_stats(table)
         train = PreparedQueries(z_ante=z_oof, task=task, signals=_signals(table))
         n_buckets = min(self.n_size_buckets, k)
         n_post = _post_features(0, train, np.zeros(1, dtype=np.intp), np.zeros((1, k), dtype=bool)).shape[1]
@@ -255,6 +258,9 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         table = _check_table(X, min_rows=1)
         if tuple(table.models) != self.models_:
             raise ValueError(f"the table's models {list(table.models)} differ from the fitted {list(self.models_)}")
+        if _n_stats(table) != self.n_answer_stats_:
+            raise ValueError(f"the table has {_n_stats(table)} answer statistics per answer, the estimator was "
+                             f"fitted with {self.n_answer_stats_} (answer_stats must be given in both or neither)")
         task = self._task_onehot(table.eval_names)
         z = np.asarray(self.ante_.decision_function(self._ante_features(table.prompts, task)), dtype=np.float64)
         return PreparedQueries(z_ante=z.reshape(table.n_queries, -1), task=task, signals=_signals(table))
@@ -456,6 +462,10 @@ def _check_table(X: Any, *, min_rows: int, need_responses: bool = True) -> Route
 def _responses(table: RouterBenchTable) -> tuple[tuple[str, ...], ...]:
     assert table.responses is not None  # _check_table guarantees it
     return table.responses
+
+
+def _n_stats(table: RouterBenchTable) -> int:
+    return 0 if table.answer_stats is None else int(table.answer_stats.shape[2])
 
 
 def _signals(table: RouterBenchTable) -> AnswerSignals:

@@ -215,3 +215,13 @@ def test_adapter_cache_does_not_reuse_estimates_for_other_answer_statistics(
     adapter.predict(QUERY, list(MODELS), {"small": _stage("small", "42", (-0.05,))})
     unsure = {"small": _stage("small", "42", (-2.5,))}
     np.testing.assert_allclose(adapter.predict(QUERY, list(MODELS), unsure)[0], _one_row(fitted, unsure))
+
+
+def test_prepare_refuses_tables_whose_answer_statistics_differ_from_the_fit() -> None:
+    with_stats = TrainedQualityEstimator(**FAST).fit(calibration_table(60, seed=3))
+    without = TrainedQualityEstimator(**FAST).fit(calibration_table(60, seed=3, with_stats=False))
+    new = calibration_table(10, seed=4)
+    with pytest.raises(ValueError, match="answer statistics"):
+        with_stats.prepare(_without_stats(new))
+    with pytest.raises(ValueError, match="answer statistics"):
+        without.prepare(new)
