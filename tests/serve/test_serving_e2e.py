@@ -226,6 +226,8 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     from cluster.fingerprint import fleet_fingerprints
     from cluster.fleet import deploy, wait_ready
     from estimators.artifacts import ArtifactsError, load_artifacts
+    from estimators.calibrated_quality import CalibratedQuality
+    from estimators.stage import QueryInfo
 
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     for entry in data["models"]:
@@ -271,10 +273,17 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     wait_ready(fleet_url, 600)
     reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, temperature=0.0,
                                            extra_body={"cascade": {"lambda": 0}})
-    stages = reply.model_extra["cascade"]["stages"]
-    assert [s["model"] for s in stages] == ["tiny-small", "tiny-large"]
-    assert all(0 <= s["quality_post_hoc"] <= 1 for s in stages)
-    assert reply.model_extra["cascade"]["lambda"] == 0
+    trace = reply.model_extra["cascade"]
+    assert trace["lambda"] == 0 and trace["stages"][0]["model"] == "tiny-small"
+    assert all(0 <= s["quality_post_hoc"] <= 1 for s in trace["stages"])
+    # The first stage's estimate is the calibrated ex-ante one, computed here from the same artifacts.
+    artifacts = load_artifacts(out)
+    ante, _ = CalibratedQuality(artifacts.quality).predict(
+        QueryInfo(text=CHAT[0]["content"], prompt_tokens=4, max_tokens=8), ["tiny-small", "tiny-large"], {})
+    assert trace["stages"][0]["quality_estimate"] == pytest.approx(float(ante[0]), abs=1e-9)
+    # No lambda in the request: the fleet's comes from the budget through the calibration's curve.
+    default = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, temperature=0.0)
+    assert default.model_extra["cascade"]["lambda"] == pytest.approx(summary["budget"]["lambda"])
     import httpx
 
     metrics = httpx.get(fleet_url + "/metrics", timeout=30).text
