@@ -10,18 +10,6 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
-from sklearn.utils.estimator_checks import (
-    check_do_not_raise_errors_in_init_or_set_params,
-    check_estimator_cloneable,
-    check_estimator_repr,
-    check_estimator_tags_renamed,
-    check_get_params_invariance,
-    check_mixin_order,
-    check_no_attributes_set_in_init,
-    check_parameters_default_constructible,
-    check_set_params,
-    check_valid_tag_types,
-)
 
 from estimators.calibrated_cost import CostSample, GpuTimeCostModel, ModelCost, fit_linear_cost
 from estimators.stage import QueryInfo, StageResult
@@ -359,28 +347,6 @@ def test_vectorised_inputs_must_agree_in_length(fitted: GpuTimeCostModel) -> Non
 
 
 # -- scikit-learn contract -------------------------------------------------------------------------
-
-# The model fits on CostSample rows, so (as for PromptFeatures and TrainedQualityEstimator) only the
-# data-free checks of the API contract apply; fitting, parameter immutability, idempotence and pickling
-# are tested by hand below.
-_API_CHECKS = (
-    check_estimator_cloneable,
-    check_estimator_tags_renamed,
-    check_valid_tag_types,
-    check_estimator_repr,
-    check_no_attributes_set_in_init,
-    check_do_not_raise_errors_in_init_or_set_params,
-    check_mixin_order,
-    check_parameters_default_constructible,
-    check_get_params_invariance,
-    check_set_params,
-)
-
-
-@pytest.mark.parametrize("check", _API_CHECKS, ids=lambda c: c.__name__)
-def test_data_free_sklearn_api_checks(check: object) -> None:
-    check("GpuTimeCostModel", GpuTimeCostModel())  # type: ignore[operator]
-
 
 def test_clone_and_params_round_trip(fitted: GpuTimeCostModel) -> None:
     copy = clone(fitted)

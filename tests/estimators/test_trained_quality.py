@@ -12,16 +12,6 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import (
-    check_do_not_raise_errors_in_init_or_set_params,
-    check_estimator_cloneable,
-    check_estimator_repr,
-    check_estimator_tags_renamed,
-    check_get_params_invariance,
-    check_mixin_order,
-    check_no_attributes_set_in_init,
-    check_parameters_default_constructible,
-    check_set_params,
-    check_valid_tag_types,
     parametrize_with_checks,
 )
 
@@ -98,30 +88,6 @@ def all_states(n: int, k: int) -> list[np.ndarray]:
 @parametrize_with_checks([PerModelClassifier()])
 def test_per_model_classifier_passes_sklearn_checks(estimator: PerModelClassifier, check: object) -> None:
     check(estimator)  # type: ignore[operator]
-
-
-# PromptFeatures takes strings and TrainedQualityEstimator a RouterBenchTable, so (as for sklearn's own
-# text vectorizers) the data-driven checks, which feed 2-D numeric arrays, do not apply; these are the
-# checks of the API contract that need no data. Fitting, immutability of parameters, idempotence and
-# pickling are tested by hand below on the inputs these estimators take.
-_API_CHECKS = (
-    check_estimator_cloneable,
-    check_estimator_tags_renamed,
-    check_valid_tag_types,
-    check_estimator_repr,
-    check_no_attributes_set_in_init,
-    check_do_not_raise_errors_in_init_or_set_params,
-    check_mixin_order,
-    check_parameters_default_constructible,
-    check_get_params_invariance,
-    check_set_params,
-)
-
-
-@pytest.mark.parametrize("estimator", [PromptFeatures(), TrainedQualityEstimator()], ids=type)
-@pytest.mark.parametrize("check", _API_CHECKS, ids=lambda c: c.__name__)
-def test_data_free_sklearn_api_checks(estimator: object, check: object) -> None:
-    check(type(estimator).__name__, estimator)  # type: ignore[operator]
 
 
 def test_per_model_classifier_two_d_target_gives_one_probability_per_model() -> None:
