@@ -65,7 +65,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from sklearn.model_selection import train_test_split
 
-    from cluster.replay import load_cache, replay
+    from cluster.replay import load_cache, permanent_failures, replay
     from estimators.artifacts import save_artifacts
     from estimators.calibrated_cost import CostSample, GpuTimeCostModel
     from estimators.calibration import build_table, lambda_curves, lambda_for_budget, split_rows
@@ -83,16 +83,20 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     depth = opts.max_depth or fleet.cascade.max_depth or len(models)
     if not 1 <= depth <= len(models):
         raise ValueError(f"--max-depth must be in [1, {len(models)}], got {depth}")
-    errors: list[str] = []
+    errors: list[str] = []  # transient: retried by the next run
+    rejected: list[str] = []  # the model refused the request: the prompt is left out
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False, disable=opts.quiet) as bar:
         task = bar.add_task(f"replay {len(rows)} prompts x {len(models)} models", total=len(rows) * len(models))
-        already = len([k for k in load_cache(opts.out / "replay.jsonl") if k[2] == fingerprints.get(k[1])])
+        cache = opts.out / "replay.jsonl"
+        already = len([k for k in load_cache(cache).keys() | permanent_failures(cache).keys()
+                       if k[2] == fingerprints.get(k[1])])
         bar.update(task, completed=min(already, len(rows) * len(models)))
 
         def on_done(record: Any) -> None:
             if record.error is not None:
-                errors.append(f"{record.prompt_id} on {record.model}: {record.error}")
+                (rejected if record.permanent else errors).append(
+                    f"{record.prompt_id} on {record.model}: {record.error}")
             bar.advance(task)
 
         records = replay(opts.url, rows, fingerprints, opts.out / "replay.jsonl", concurrency=opts.concurrency,
@@ -101,6 +105,9 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
         grading = bar.add_task("grade answers", total=len(rows) * len(models))
         graded = build_table(rows, models, records,
                              progress=lambda _stage, done, total: bar.update(grading, completed=done, total=total))
+    if rejected:
+        console.print(f"[yellow]{len(rejected)} request(s) rejected by a model (not asked again; their prompts are "
+                      f"left out), e.g. {rejected[0]}")
     if errors:
         console.print(f"[yellow]{len(errors)} replay call(s) failed (kept in the cache, retried next run), "
                       f"e.g. {errors[0]}")

@@ -5,8 +5,9 @@ greedy, with token log-probabilities), so what calibration measures is what serv
 replicas, the same engines, vLLM's own per-request timings (queue, prefill, decode). Results are
 appended to a JSON-lines cache as they arrive, one line per pair, keyed by prompt id, model and the
 model's fingerprint: an interrupted run picks up where it stopped, and a model whose weights or engine
-settings changed is measured again. A pair that fails (timeout, error status) is recorded with its
-error and retried on the next run; the others are kept.
+settings changed is measured again. A pair that fails (timeout, 5xx, connection) is recorded with its
+error and retried on the next run; one the model rejects (4xx: a prompt over its context length) is
+recorded and not asked again, and calibration leaves that prompt out.
 
 ``concurrency`` requests are in flight at a time, spread over the models; the concurrency is part of
 the measurement (batching changes per-request engine time) and is stored with the artifacts.
@@ -24,7 +25,10 @@ from typing import Any
 
 from estimators.prompt_set import PromptRow
 
-__all__ = ["ReplayRecord", "load_cache", "replay"]
+__all__ = ["ReplayRecord", "load_cache", "permanent_failures", "replay"]
+
+# The model rejects the request itself (too long, invalid for it): asking again gives the same answer.
+_PERMANENT_STATUS = frozenset({400, 404, 413, 422})
 
 
 @dataclass(frozen=True)
@@ -43,33 +47,52 @@ class ReplayRecord:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     error: str | None = None
+    permanent: bool = False  # an error the same request always gets (e.g. the prompt exceeds the context)
 
     @property
     def gpu_s(self) -> float:
         return self.prefill_s + self.decode_s
 
 
-def load_cache(path: Path) -> dict[tuple[str, str, str], ReplayRecord]:
-    """Successful records of a cache file by (prompt id, model, fingerprint); later lines win.
-
-    A truncated last line (a run killed mid-write) is ignored; any other bad line is an error.
-    """
-    out: dict[tuple[str, str, str], ReplayRecord] = {}
+def _read_records(path: Path) -> list[ReplayRecord]:
+    """Every record of a cache file in order; a truncated last line (a run killed mid-write) is ignored,
+    any other bad line is an error."""
     if not path.exists():
-        return out
+        return []
     lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
-            record = ReplayRecord(**{**raw, "token_logprobs": tuple(raw.get("token_logprobs", ()))})
+            records.append(ReplayRecord(**{**raw, "token_logprobs": tuple(raw.get("token_logprobs", ()))}))
         except (json.JSONDecodeError, TypeError) as exc:
             if number == len(lines):
                 continue
             raise ValueError(f"{path}:{number}: not a replay record ({exc}); delete the file to start over") from None
+    return records
+
+
+def load_cache(path: Path) -> dict[tuple[str, str, str], ReplayRecord]:
+    """Successful records of a cache file by (prompt id, model, fingerprint); later lines win."""
+    out: dict[tuple[str, str, str], ReplayRecord] = {}
+    for record in _read_records(path):
         key = (record.prompt_id, record.model, record.fingerprint)
         if record.error is None:
+            out[key] = record
+        else:
+            out.pop(key, None)
+    return out
+
+
+def permanent_failures(path: Path) -> dict[tuple[str, str, str], ReplayRecord]:
+    """Pairs whose last record is an error the model gives every time (HTTP 400/404/413/422: e.g. a
+    prompt over the context length): not asked again while the model's fingerprint stays the same."""
+    out: dict[tuple[str, str, str], ReplayRecord] = {}
+    for record in _read_records(path):
+        key = (record.prompt_id, record.model, record.fingerprint)
+        if record.error is not None and record.permanent:
             out[key] = record
         else:
             out.pop(key, None)
@@ -106,7 +129,7 @@ async def _replay(
 ) -> None:
     import httpx
 
-    done = load_cache(cache_path)
+    done = load_cache(cache_path).keys() | permanent_failures(cache_path).keys()
     todo = [(row, model) for row in rows for model, fp in fingerprints.items() if (row.id, model, fp) not in done]
     # Row-major order interleaves the models, so every engine is busy and no model's timings come
     # from a lone burst at the end.
@@ -130,7 +153,8 @@ async def _replay(
                         else:
                             message = _error_message(resp)
                             record = ReplayRecord(row.id, model, fingerprints[model],
-                                                  error=f"HTTP {resp.status_code}: {message}")
+                                                  error=f"HTTP {resp.status_code}: {message}",
+                                                  permanent=resp.status_code in _PERMANENT_STATUS)
                     except (httpx.HTTPError, ValueError) as exc:
                         record = ReplayRecord(row.id, model, fingerprints[model],
                                               error=f"{type(exc).__name__}: {exc}")

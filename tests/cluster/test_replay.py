@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cluster.replay import ReplayRecord, load_cache, replay
+from cluster.replay import ReplayRecord, load_cache, permanent_failures, replay
 from estimators.prompt_set import PromptRow
 
 # -- load_cache ----------------------------------------------------------------------------------------
@@ -211,6 +211,25 @@ def test_failures_are_cached_as_errors_and_retried_on_resume(fleet: FakeFleet, t
 
     third = replay(fleet.url, ROWS, FPS, cache)  # nothing left to do
     assert len(fleet.requests) == 10 and third == second
+
+
+def test_requests_a_model_rejects_are_recorded_and_not_asked_again(fleet: FakeFleet, tmp_path: Path) -> None:
+    cache = tmp_path / "replay.jsonl"
+    fleet.fail, fleet.fail_times, fleet.fail_status = {("question 2", "small")}, 99, 400
+    fleet.fail_body = json.dumps({"error": {"message": "maximum context length is 512 tokens",
+                                            "code": "context_length_exceeded"}}).encode()
+    seen: list[ReplayRecord] = []
+    first = replay(fleet.url, ROWS, FPS, cache, on_done=seen.append)
+    assert ("q2", "small") not in first and len(first) == 7
+    [rejected] = [r for r in seen if r.error is not None]
+    assert rejected.permanent and "maximum context length" in rejected.error
+    assert set(permanent_failures(cache)) == {("q2", "small", FPS["small"])}
+
+    replay(fleet.url, ROWS, FPS, cache)  # the rejected pair is not asked again, nothing else is either
+    assert len(fleet.requests) == 8
+    # A new fingerprint (a longer context, say) asks again.
+    replay(fleet.url, ROWS, {**FPS, "small": "changed"}, cache)
+    assert fleet.pairs()[("question 2", "small")] == 2
 
 
 def test_a_changed_fingerprint_is_measured_again(fleet: FakeFleet, tmp_path: Path) -> None:
