@@ -8,6 +8,7 @@
     cascade status / cascade down [--stop-ray]
     cascade calibrate models.cpu.yaml --prompts data.jsonl --budget 40%   # on the running fleet
     cascade demo                               # local CPU fleet, a few prompts through the cascade
+    cascade demo --toy                         # the same with tiny models trained to add (checkable answers)
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
 """
@@ -112,7 +113,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     de = sub.add_parser("demo", help="build the tiny models, bring up the CPU fleet locally, run prompts through "
                         "the cascade and print each answer with its routing trace")
-    de.add_argument("--fleet", type=Path, default=Path("models.cpu.yaml"), help="fleet file (default models.cpu.yaml)")
+    de.add_argument("--fleet", type=Path, default=None,
+                    help="fleet file (default models.cpu.yaml, or models.toy.yaml with --toy)")
+    de.add_argument("--toy", action="store_true", help="the toy fleet: four tiny models trained to add integers "
+                    "(trained on first use, about 3.5 min on 2 cores) and held-out addition questions")
     de.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     de.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
     return parser
@@ -203,7 +207,8 @@ def _down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from cluster.demo import run_demo
 
-    return run_demo(args.fleet, port=args.port, timeout_s=args.timeout)
+    fleet = args.fleet or Path("models.toy.yaml" if args.toy else "models.cpu.yaml")
+    return run_demo(fleet, port=args.port, timeout_s=args.timeout, toy=args.toy)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -5,6 +5,10 @@ waits for every replica, then sends a few prompts to the virtual model ``cascade
 SDK, at three cost multipliers (0: escalate while quality can rise; the file's; huge: stay on the
 cheapest), and prints each answer's routing trace. The tiny models' answers are gibberish by
 construction; the routing, the measured GPU time and the accounting are real.
+
+``cascade demo --toy`` does the same with the toy fleet (:mod:`cluster.toy_fleet`: four tiny models
+trained to add integers, accuracy rising with size; about three and a half minutes to train the first
+time, cached after) and held-out addition questions, so the answers can be checked.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ DEMO_PROMPTS = [
 ]
 
 
-def run_demo(fleet_path: Path, *, port: int, timeout_s: float) -> int:
+def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False) -> int:
+    """Bring the fleet up in this process, ask the demo prompts at three lambdas, print the traces.
+
+    ``toy``: build the toy fleet instead of the tiny one and ask held-out addition questions.
+    """
     import os
 
     from openai import OpenAI
@@ -36,9 +44,24 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float) -> int:
     console = Console()
     fleet = FleetConfig.from_file(fleet_path)
     started = time.perf_counter()
-    with console.status("building the tiny models") as status:
-        for name, spec in TINY_FLEET.items():
-            build_tiny_model(fleet_path.resolve().parent / ".cache" / "tiny" / name, spec)
+    cache = fleet_path.resolve().parent / ".cache"
+    prompts, answers = DEMO_PROMPTS, [None] * len(DEMO_PROMPTS)
+    if toy:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from cluster.toy_fleet import build_toy_fleet, toy_prompts
+
+        columns = (TextColumn("training {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            build_toy_fleet(cache / "toy", progress=bar)
+        # One question of each difficulty, none ever trained on.
+        rows = {r["task"]: r for r in toy_prompts(30, seed=7)}
+        prompts = [rows[t]["messages"][0]["content"] for t in sorted(rows)]
+        answers = [rows[t]["answer"] for t in sorted(rows)]
+    with console.status("building the tiny models" if not toy else "starting") as status:
+        if not toy:
+            for name, spec in TINY_FLEET.items():
+                build_tiny_model(cache / "tiny" / name, spec)
         status.update("starting Ray")
         how = connect(None, start_local=False, num_cpus=os.cpu_count())
         try:
@@ -60,7 +83,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float) -> int:
                         "tokens", "answer"):
                 table.add_column(col, overflow="fold")
             default_lambda = fleet.cascade.lambda_
-            for prompt in DEMO_PROMPTS:
+            for prompt, expected in zip(prompts, answers, strict=True):
                 for lam in (0.0, default_lambda, 1e6):
                     status.update(f"asking: {prompt} (lambda {lam:g})")
                     reply = client.chat.completions.create(
@@ -74,9 +97,13 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float) -> int:
                         for s in trace["stages"]
                     )
                     usage = reply.usage
-                    text = (reply.choices[0].message.content or "").replace("\n", " ")
+                    text = (reply.choices[0].message.content or "").replace("\n", " ")[:40]
+                    if expected is not None:
+                        from estimators.graders import numeric_match
+
+                        text += " (right)" if numeric_match(text, expected) == 1.0 else f" (wrong: {expected})"
                     table.add_row(prompt, f"{lam:g}", stages, reply.model,
-                                  str(usage.total_tokens if usage else "?"), text[:40])
+                                  str(usage.total_tokens if usage else "?"), text)
         finally:
             if how != "in-process":
                 from cluster.fleet import shutdown_app

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.calibrate import CalibrateOptions, run_calibrate
     from cluster.config import FleetConfig
     from cluster.fleet import connect, deploy, wait_ready
-    from cluster.toy_fleet import build_toy_fleet, toy_prompts, write_prompts_jsonl
+    from cluster.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts, write_prompts_jsonl
     from estimators.artifacts import load_artifacts
     from estimators.graders import numeric_match
     from estimators.plots import plot_quality_cost
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"fleet ready in {up_s:.0f} s")
         summary = run_calibrate(CalibrateOptions(
             fleet_file=args.fleet, prompts=cal_file, out=args.out, url=url, concurrency=args.concurrency,
-            max_tokens=8, budget=None,
+            max_tokens=MAX_ANSWER_TOKENS, budget=None,
         ))
         artifacts = load_artifacts(args.out)
         calibrated = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind, model, lam in plan:
                 bodies = []
                 for msgs in messages:
-                    body: dict[str, Any] = {"model": model, "messages": msgs, "max_tokens": 8, "temperature": 0.0}
+                    body: dict[str, Any] = {"model": model, "messages": msgs, "max_tokens": MAX_ANSWER_TOKENS,
+                                            "temperature": 0.0}
                     if lam is not None:
                         body["cascade"] = {"policy": POLICIES[kind], "lambda": lam, "max_depth": summary["max_depth"]}
                     bodies.append(body)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                     / 1e3 for r in replies])
                     predicted = np.array([
                         float(cost_model.predict_gpu_s(model, [m[-1]["content"]], [r["usage"]["prompt_tokens"]],
-                                                       [8])[0])
+                                                       [MAX_ANSWER_TOKENS])[0])
                         for m, r in zip(messages, replies, strict=True)
                     ])
                     mape[model] = float(np.mean(np.abs(predicted - gpu) / gpu))
