@@ -49,6 +49,53 @@ def _pick_lambdas(curve: list[dict[str, float]], n: int) -> list[float]:
     return [lams[i] for i in idx]
 
 
+def summarize(
+    single: dict[str, dict[str, float]], curves: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, float], dict[str, bool], dict[str, Any], dict[str, float]]:
+    """AUC (x100) of each policy's live curve, the issue's checks, the plotted points and the AUC range.
+
+    Parameters
+    ----------
+    single : dict of model to {"quality", "cost"}
+        Each single model's live mean quality and GPU-seconds per query, in cost order.
+    curves : dict of policy to list of {"lambda", "quality", "cost"}
+        Each policy's live points.
+
+    The AUC is taken over the single models' cost range (``routing.auc_range``, the paper's measure).
+    A single model is on or below a curve when its quality is at most the curve's, linearly
+    interpolated at its cost, plus 0.01 (one query in a hundred: the same answers timed twice differ);
+    one cheaper than the whole curve is compared with the curve's cheapest point.
+    """
+    from routing import area_under_curve, auc_range
+
+    models = list(single)
+    single_cost = np.array([single[m]["cost"] for m in models])
+    single_quality = np.array([single[m]["quality"] for m in models])
+    area = auc_range(single_cost, single_quality)
+    bounds = {"x_min": area.x_min, "x_max": area.x_max, "y_base": area.y_base}
+    points: dict[str, Any] = {"single_models": {"model": models, "cost": single_cost.tolist(),
+                                                "quality": single_quality.tolist()}}
+    auc: dict[str, float] = {}
+    for key, pts in curves.items():
+        points[key] = {f: [p[f] for p in pts] for f in ("lambda", "cost", "quality")}
+        auc[key] = 100 * area_under_curve(points[key]["cost"], points[key]["quality"], **bounds)
+
+    def under_curve(key: str, j: int) -> bool:
+        order = np.argsort(points[key]["cost"])
+        xs, ys = np.asarray(points[key]["cost"])[order], np.asarray(points[key]["quality"])[order]
+        if single_cost[j] < xs[0]:
+            return bool(single_quality[j] <= ys[0] + 0.01)
+        return bool(single_quality[j] <= float(np.interp(single_cost[j], xs, ys)) + 0.01)
+
+    checks = {
+        "cascade_routing_above_routing": auc["cascade_routing"] > auc["routing"],
+        "cascade_routing_above_threshold_cascade": auc["cascade_routing"] > auc["threshold_cascade"],
+        "cascade_routing_above_optimal_cascade": auc["cascade_routing"] > auc["optimal_cascade"],
+        "single_models_on_or_below_cascade_routing": all(under_curve("cascade_routing", j) for j in range(len(models))),
+    }
+    return auc, checks, points, bounds
+
+
 async def _ask_all(url: str, bodies: list[dict[str, Any]], concurrency: int, advance: Any) -> list[dict[str, Any]]:
     import httpx
 
@@ -94,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     from estimators.artifacts import load_artifacts
     from estimators.graders import numeric_match
     from estimators.plots import plot_quality_cost
-    from routing import area_under_curve, auc_range
 
     console = Console()
     started = time.perf_counter()
@@ -164,35 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
 
-    single_cost = np.array([results[("single", m, None)]["cost"] for m in models])
-    single_quality = np.array([results[("single", m, None)]["quality"] for m in models])
-    area = auc_range(single_cost, single_quality)
-    bounds = {"x_min": area.x_min, "x_max": area.x_max, "y_base": area.y_base}
-    points: dict[str, Any] = {"single_models": {"model": models, "cost": single_cost.tolist(),
-                                                "quality": single_quality.tolist()}}
-    auc: dict[str, float] = {}
-    for key in POLICIES:
-        pts = [(lam, v) for (k, _, lam), v in results.items() if k == key]
-        cost = [v["cost"] for _, v in pts]
-        quality = [v["quality"] for _, v in pts]
-        points[key] = {"lambda": [lam for lam, _ in pts], "cost": cost, "quality": quality}
-        auc[key] = 100 * area_under_curve(cost, quality, **bounds)
-
-    def under_curve(key: str, j: int) -> bool:
-        """Single model j is on or below the policy's live curve (interpolated at its cost)."""
-        order = np.argsort(points[key]["cost"])
-        xs, ys = np.asarray(points[key]["cost"])[order], np.asarray(points[key]["quality"])[order]
-        if single_cost[j] < xs[0]:
-            return bool(single_quality[j] <= ys[0] + 1e-9)  # nothing cheaper on the curve to compare
-        return bool(single_quality[j] <= float(np.interp(single_cost[j], xs, ys)) + 0.01)
-
-    checks = {
-        "cascade_routing_above_routing": auc["cascade_routing"] > auc["routing"],
-        "cascade_routing_above_threshold_cascade": auc["cascade_routing"] > auc["threshold_cascade"],
-        "cascade_routing_above_optimal_cascade": auc["cascade_routing"] > auc["optimal_cascade"],
-        "single_models_on_or_below_cascade_routing": all(under_curve("cascade_routing", j) for j in range(len(models))),
-    }
-    result = {
+    single = {m: results[("single", m, None)] for m in models}
+    curves = {key: [{"lambda": lam, **v} for (k, _, lam), v in results.items() if k == key] for key in POLICIES}
+    auc, checks, points, bounds = summarize(single, curves)
+    single_quality = np.array(points["single_models"]["quality"])
+    single_cost = np.array(points["single_models"]["cost"])
+    result: dict[str, Any] = {
         "models": {m: {"accuracy": float(single_quality[j]), "gpu_s_per_query": float(single_cost[j]),
                        "cost_mape": mape[m],
                        "calibration_cost_mape": summary["per_model"][m]["cost_mape_ex_ante"]}

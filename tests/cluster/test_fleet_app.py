@@ -101,3 +101,49 @@ def test_serve_run_import_path_builds_the_application() -> None:
         # Ray LLM's deployment builder reads the runtime context, which starts a local Ray when none
         # runs (as with Ray's own build_openai_app); stop it, the serving tests start their own.
         ray.shutdown()
+
+
+def _entry(fleet: FleetConfig, i: int, **changes: Any) -> Any:
+    return fleet.models[i].model_copy(update=changes)
+
+
+def test_model_version_covers_the_entry_but_not_the_replica_counts(tmp_path: Path) -> None:
+    """Same entry: same version (a redeploy keeps the engines); any argument Serve does not compare
+    itself, or the weights behind the same path: a new one."""
+    from serve.app import model_deployment_version
+
+    weights = tmp_path / "m"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    spec = fleet.models[0]
+    spec = spec.model_copy(update={"model_loading_config": spec.model_loading_config.model_copy(
+        update={"model_source": str(weights)})})
+    base = model_deployment_version(spec)
+    assert model_deployment_version(spec.model_copy()) == base
+    assert model_deployment_version(spec.model_copy(update={"engine_kwargs": {**spec.engine_kwargs,
+                                                                              "max_model_len": 64}})) != base
+    assert model_deployment_version(spec.model_copy(update={"runtime_env": {"env_vars": {"X": "1"}}})) != base
+    scaled = spec.deployment_config.model_copy(update={"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}) \
+        if hasattr(spec.deployment_config, "model_copy") else {"autoscaling_config": {"min_replicas": 2}}
+    assert model_deployment_version(spec.model_copy(update={"deployment_config": scaled})) == base
+    (weights / "config.json").write_text('{"retrained": true}')
+    assert model_deployment_version(spec) != base
+
+
+@pytest.mark.slow
+def test_fleet_app_pins_each_model_deployments_version() -> None:
+    pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
+    import ray
+
+    from serve.app import fleet_app, model_deployment_version
+
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    try:
+        app = fleet_app(fleet)
+        models = app._bound_deployment._replica_config.init_kwargs["models"]
+        for spec in fleet.models:
+            assert models[spec.model_id]._bound_deployment.version == model_deployment_version(spec)
+        assert app._bound_deployment.version is None  # the controller restarts with its settings
+    finally:
+        ray.shutdown()  # Ray LLM's deployment builder starts a local Ray when none runs

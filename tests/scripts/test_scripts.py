@@ -48,3 +48,41 @@ def test_at_least_ties_follows_the_paired_ci() -> None:
     assert eval_routerbench_all.at_least_ties(_result(-0.5, -0.1))  # significantly below CR
     assert eval_routerbench_all.at_least_ties(_result(-0.1, 0.3))  # CI spans 0: a tie
     assert not eval_routerbench_all.at_least_ties(_result(0.1, 0.4))  # significantly above CR
+
+
+def _curve(points: list[tuple[float, float]]) -> list[dict[str, float]]:
+    return [{"lambda": float(i), "cost": c, "quality": q} for i, (c, q) in enumerate(points)]
+
+
+def test_eval_toy_fleet_summary_ranks_policies_and_checks_single_models() -> None:
+    from scripts.eval_toy_fleet import summarize
+
+    single = {"a": {"cost": 1.0, "quality": 0.2}, "b": {"cost": 2.0, "quality": 0.6}, "c": {"cost": 4.0, "quality": 0.9}}
+    curves = {
+        "routing": _curve([(1.0, 0.2), (2.0, 0.6), (4.0, 0.9)]),
+        "threshold_cascade": _curve([(1.0, 0.2), (3.0, 0.5), (4.5, 0.9)]),
+        "optimal_cascade": _curve([(1.0, 0.2), (2.0, 0.7), (4.0, 0.9)]),
+        "cascade_routing": _curve([(1.0, 0.2), (1.8, 0.7), (3.0, 0.92)]),
+    }
+    auc, checks, points, bounds = summarize(single, curves)
+    assert bounds["x_min"] == 1.0 and bounds["x_max"] == 4.0
+    assert auc["cascade_routing"] > auc["optimal_cascade"] > auc["routing"] > auc["threshold_cascade"]
+    assert all(checks.values())
+    assert points["single_models"]["model"] == ["a", "b", "c"] and points["routing"]["cost"] == [1.0, 2.0, 4.0]
+
+    # A model well above the cascade routing curve at its cost fails the check.
+    above = {**single, "b": {"cost": 2.0, "quality": 0.85}}
+    _, checks, _, _ = summarize(above, curves)
+    assert not checks["single_models_on_or_below_cascade_routing"]
+    # So does cascade routing below routing.
+    worse = {**curves, "cascade_routing": _curve([(1.0, 0.2), (3.0, 0.5), (4.0, 0.9)])}
+    _, checks, _, _ = summarize(single, worse)
+    assert not checks["cascade_routing_above_routing"]
+
+
+def test_eval_toy_fleet_picks_lambdas_spread_over_distinct_costs() -> None:
+    from scripts.eval_toy_fleet import _pick_lambdas
+
+    curve = [{"lambda": lam, "cost": c} for lam, c in [(0.0, 5.0), (0.1, 5.0), (0.2, 4.0), (0.5, 3.0), (1.0, 1.0)]]
+    assert _pick_lambdas(curve, 10) == [0.0, 0.2, 0.5, 1.0]  # one lambda per distinct cost
+    assert _pick_lambdas(curve, 2) == [0.0, 1.0]

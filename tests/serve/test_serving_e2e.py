@@ -310,13 +310,24 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
         update={"cascade": fleet.cascade.model_copy(update={"artifacts": out, "lambda_": None})}
     )
     port = int(fleet_url.rsplit(":", 1)[1])
+    engines = _model_replica_actors()
     deploy(calibrated, host="127.0.0.1", port=port, api_keys=[API_KEY])
     try:
         _check_calibrated_controller(fleet_url, client, out, summary)
+        # Pinned deployment versions: the engines were not restarted to load the artifacts.
+        assert _model_replica_actors() == engines
     finally:
         # Later tests expect the default estimators: the controller goes back, the replicas stay.
         deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
         wait_ready(fleet_url, 600)
+
+
+def _model_replica_actors() -> list[str]:
+    import ray
+
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "model:" in a["name"])
+    assert names, "no model replica actors"
+    return names
 
 
 def _check_calibrated_controller(fleet_url: str, client: Any, out: Path, summary: dict[str, Any]) -> None:
