@@ -17,8 +17,7 @@
 5. AUC of each policy's live curve over the single models' cost range (``routing.area_under_curve``,
    the paper's measure), checks of the issue's targets, JSON and the Pareto plot.
 
-Not run yet: it needs ``cluster.toy_fleet`` (the trained toy models), which is still being tuned to
-reach a clear accuracy spread within its CPU training budget and is not on main.
+Measured results and their caveats (timing noise on 2 shared cores): README, "The toy fleet".
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _curve(points: list[tuple[float, float]]) -> list[dict[str, float]]:
 def test_eval_toy_fleet_summary_ranks_policies_and_checks_single_models() -> None:
     from scripts.eval_toy_fleet import summarize
 
-    single = {"a": {"cost": 1.0, "quality": 0.2}, "b": {"cost": 2.0, "quality": 0.6}, "c": {"cost": 4.0, "quality": 0.9}}
+    single = {m: {"cost": c, "quality": q} for m, c, q in [("a", 1.0, 0.2), ("b", 2.0, 0.6), ("c", 4.0, 0.9)]}
     curves = {
         "routing": _curve([(1.0, 0.2), (2.0, 0.6), (4.0, 0.9)]),
         "threshold_cascade": _curve([(1.0, 0.2), (3.0, 0.5), (4.5, 0.9)]),
