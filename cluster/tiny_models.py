@@ -32,6 +32,15 @@ _MARKER = "cascade_tiny_model.json"
 _CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM CPU attention backend
 
 
+def _check_cpu_shape(hidden: int, heads: int, kv_heads: int) -> None:
+    """Raise ``ValueError`` unless vLLM's CPU backend can run attention of this shape."""
+    head_dim, rest = divmod(hidden, heads)
+    if rest or head_dim not in _CPU_HEAD_DIMS:
+        raise ValueError(f"hidden/heads = {hidden}/{heads}: vLLM's CPU attention needs head_dim in {_CPU_HEAD_DIMS}")
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+
+
 @dataclass(frozen=True)
 class TinySpec:
     """Architecture and seed of one tiny model; the build is a pure function of it."""
@@ -47,13 +56,7 @@ class TinySpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        head_dim, rest = divmod(self.hidden, self.heads)
-        if rest or head_dim not in _CPU_HEAD_DIMS:
-            raise ValueError(
-                f"hidden/heads = {self.hidden}/{self.heads}: vLLM's CPU attention needs head_dim in {_CPU_HEAD_DIMS}"
-            )
-        if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        _check_cpu_shape(self.hidden, self.heads, self.kv_heads)
 
     @property
     def fingerprint(self) -> str:

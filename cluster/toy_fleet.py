@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster.tiny_models import _CPU_HEAD_DIMS, CHATML_TEMPLATE
+from cluster.tiny_models import _SPECIAL_TOKENS, CHATML_TEMPLATE, _check_cpu_shape
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -74,7 +74,6 @@ __all__ = [
     "write_prompts_jsonl",
 ]
 
-_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _MARKER = "cascade_toy_model.json"
 _RECIPE = 2  # bump when the task, tokenizer or training loop changes: it is part of every fingerprint
 _PHRASINGS = ("What is {a}+{b}?", "Compute {a} + {b}.", "{a}+{b}=?")
@@ -107,13 +106,7 @@ class ToySpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        head_dim, rest = divmod(self.hidden, self.heads)
-        if rest or head_dim not in _CPU_HEAD_DIMS:
-            raise ValueError(
-                f"hidden/heads = {self.hidden}/{self.heads}: vLLM's CPU attention needs head_dim in {_CPU_HEAD_DIMS}"
-            )
-        if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        _check_cpu_shape(self.hidden, self.heads, self.kv_heads)
         if len(self.digit_weights) != _MAX_DIGITS or min(self.digit_weights) < 0:
             raise ValueError(f"digit_weights must be {_MAX_DIGITS} non-negative weights, got {self.digit_weights}")
         if len(self.digit_starts) != _MAX_DIGITS or not all(0 <= s <= 1 for s in self.digit_starts):
