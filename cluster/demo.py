@@ -46,10 +46,11 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
     started = time.perf_counter()
     cache = fleet_path.resolve().parent / ".cache"
     prompts, answers = DEMO_PROMPTS, [None] * len(DEMO_PROMPTS)
+    max_tokens = 16
     if toy:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from cluster.toy_fleet import build_toy_fleet, toy_prompts
+        from cluster.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts
 
         columns = (TextColumn("training {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as bar:
@@ -58,6 +59,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
         rows = {r["task"]: r for r in toy_prompts(30, seed=7)}
         prompts = [rows[t]["messages"][0]["content"] for t in sorted(rows)]
         answers = [rows[t]["answer"] for t in sorted(rows)]
+        max_tokens = MAX_ANSWER_TOKENS  # room for the scratchpad models' column sums
     with console.status("building the tiny models" if not toy else "starting") as status:
         if not toy:
             for name, spec in TINY_FLEET.items():
@@ -87,7 +89,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
                 for lam in (0.0, default_lambda, 1e6):
                     status.update(f"asking: {prompt} (lambda {lam:g})")
                     reply = client.chat.completions.create(
-                        model="cascade", messages=[{"role": "user", "content": prompt}], max_tokens=16,
+                        model="cascade", messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
                         temperature=0.0, extra_body={"cascade": {"lambda": lam}},
                     )
                     trace = (reply.model_extra or {})["cascade"]
@@ -97,11 +99,13 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
                         for s in trace["stages"]
                     )
                     usage = reply.usage
-                    text = (reply.choices[0].message.content or "").replace("\n", " ")[:40]
+                    full = (reply.choices[0].message.content or "").replace("\n", " ")
+                    # The end of an answer holds its result (a scratchpad's "#### 432"): keep that end.
+                    text = full if len(full) <= 40 else "…" + full[-39:]
                     if expected is not None:
                         from estimators.graders import numeric_match
 
-                        text += " (right)" if numeric_match(text, expected) == 1.0 else f" (wrong: {expected})"
+                        text += " (right)" if numeric_match(full, expected) == 1.0 else f" (wrong: {expected})"
                     table.add_row(prompt, f"{lam:g}", stages, reply.model,
                                   str(usage.total_tokens if usage else "?"), text)
         finally:
