@@ -40,6 +40,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
     from cluster.config import FleetConfig
     from cluster.fleet import connect, deploy, wait_ready
     from cluster.tiny_models import TINY_FLEET, build_tiny_model
+    from estimators.graders import numeric_match
 
     console = Console()
     fleet = FleetConfig.from_file(fleet_path)
@@ -60,11 +61,11 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
         prompts = [rows[t]["messages"][0]["content"] for t in sorted(rows)]
         answers = [rows[t]["answer"] for t in sorted(rows)]
         max_tokens = MAX_ANSWER_TOKENS  # room for the scratchpad models' column sums
-    with console.status("building the tiny models" if not toy else "starting") as status:
-        if not toy:
+    else:
+        with console.status("building the tiny models"):
             for name, spec in TINY_FLEET.items():
                 build_tiny_model(cache / "tiny" / name, spec)
-        status.update("starting Ray")
+    with console.status("starting Ray") as status:
         how = connect(None, start_local=False, num_cpus=os.cpu_count())
         try:
             status.update(f"deploying {fleet_path} (vLLM engines start in about a minute each on 2 cores)")
@@ -103,8 +104,6 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
                     # The end of an answer holds its result (a scratchpad's "#### 432"): keep that end.
                     text = full if len(full) <= 40 else "…" + full[-39:]
                     if expected is not None:
-                        from estimators.graders import numeric_match
-
                         text += " (right)" if numeric_match(full, expected) == 1.0 else f" (wrong: {expected})"
                     table.add_row(prompt, f"{lam:g}", stages, reply.model,
                                   str(usage.total_tokens if usage else "?"), text)

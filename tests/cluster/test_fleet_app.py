@@ -124,8 +124,7 @@ def test_model_version_covers_the_entry_but_not_the_replica_counts(tmp_path: Pat
     assert model_deployment_version(spec.model_copy(update={"engine_kwargs": {**spec.engine_kwargs,
                                                                               "max_model_len": 64}})) != base
     assert model_deployment_version(spec.model_copy(update={"runtime_env": {"env_vars": {"X": "1"}}})) != base
-    scaled = spec.deployment_config.model_copy(update={"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}) \
-        if hasattr(spec.deployment_config, "model_copy") else {"autoscaling_config": {"min_replicas": 2}}
+    scaled = {**spec.deployment_config, "autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
     assert model_deployment_version(spec.model_copy(update={"deployment_config": scaled})) == base
     (weights / "config.json").write_text('{"retrained": true}')
     assert model_deployment_version(spec) != base
