@@ -92,15 +92,22 @@ def test_serve_run_import_path_builds_the_application() -> None:
     from ray.serve import Application
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
+    _private_ray()
     try:
         app = call_user_app_builder_with_args_if_necessary(
             import_attr("serve.app:build_app"), {"config": str(REPO / "models.cpu.yaml")}
         )
         assert isinstance(app, Application)
     finally:
-        # Ray LLM's deployment builder reads the runtime context, which starts a local Ray when none
-        # runs (as with Ray's own build_openai_app); stop it, the serving tests start their own.
         ray.shutdown()
+
+
+def _private_ray() -> None:
+    """Ray LLM's deployment builder reads the runtime context, which connects to any Ray cluster
+    running on the machine (a developer's fleet) or starts one: give it a private one instead."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
 
 
 def _entry(fleet: FleetConfig, i: int, **changes: Any) -> Any:
@@ -138,6 +145,7 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
     from serve.app import fleet_app, model_deployment_version
 
     fleet = _cpu_fleet(**{"lambda": 0.1})
+    _private_ray()
     try:
         app = fleet_app(fleet)
         models = app._bound_deployment._replica_config.init_kwargs["models"]
@@ -145,4 +153,4 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
             assert models[spec.model_id]._bound_deployment.version == model_deployment_version(spec)
         assert app._bound_deployment.version is None  # the controller restarts with its settings
     finally:
-        ray.shutdown()  # Ray LLM's deployment builder starts a local Ray when none runs
+        ray.shutdown()

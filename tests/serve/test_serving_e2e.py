@@ -46,7 +46,9 @@ def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
 
         os.environ.setdefault(key, value)
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    # A private Ray, even when the machine already runs a cluster (a developer's fleet): the tests
+    # must neither fail on it nor deploy onto it.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
         deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
         url = f"http://127.0.0.1:{port}"
@@ -217,6 +219,22 @@ def test_metrics_count_requests_stages_and_cost(fleet_url: str) -> None:
     assert 'cascade_escalations_total{from_model="tiny-small",to_model="tiny-large"}' in text
     assert "cascade_request_gpu_seconds_bucket" in text
     assert 'cascade_cost_model_seconds_per_token{model="tiny-large",phase="decode"}' in text
+
+
+def test_bench_cost_floor_measures_identical_requests_on_the_fleet(fleet_url: str) -> None:
+    from scripts.bench_cost_floor import PROMPTS, measure
+
+    result = measure(fleet_url, ["tiny-small", "tiny-large"], max_tokens=[2, 6], repeats=3, warmup=1,
+                     api_key=API_KEY)
+    for model in ("tiny-small", "tiny-large"):
+        by_tokens = result["models"][model]["by_max_tokens"]
+        assert set(by_tokens) == {"2", "6"}
+        for stats in by_tokens.values():
+            assert set(stats["prompts"]) == set(PROMPTS)
+            assert all(s["n"] == 3 and s["p10_ms"] <= s["p50_ms"] <= s["p90_ms"] for s in stats["prompts"].values())
+            assert 0 <= stats["floor_mape_pct"] < 100
+        # Six answer tokens take the engine longer than two: the times are the engine's, per request.
+        assert by_tokens["6"]["p50_ms"] > by_tokens["2"]["p50_ms"]
 
 
 def test_stage_timeouts_skip_models_then_answer_503_with_retry_after(fleet_url: str, client: Any) -> None:
