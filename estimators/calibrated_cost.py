@@ -28,7 +28,9 @@ which unweighted least squares is the efficient estimator. Engine timings scale 
 have stalls, so relative is the default.
 
 **Ex-ante cost** needs the answer's length before it exists: per model a ridge regression of
-``log(completion_tokens)`` on hashed prompt n-grams (:class:`~estimators.text_features.PromptFeatures`)
+``log(completion_tokens)`` on hashed prompt n-grams (:class:`~estimators.text_features.PromptFeatures`,
+with its shape block: digits as ``0``, so the size of the question's numbers is a feature; held-out
+ex-ante MAPE of the scratchpad toy models 19 % → 13-14 % with it, unchanged on text prompts)
 and ``log(1 + prompt_tokens)``, exponentiated and clipped to ``[1, max_tokens]``. The log target
 makes the prediction a median, not a mean, which suits a percentage error better (long answers
 would pull a mean up). Rows cut at ``max_tokens`` (``finish_reason="length"``) are kept at their cut
@@ -291,7 +293,9 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         if only_aborted:
             raise ValueError(f"models {only_aborted} have only aborted rows: nothing to learn output length from")
         self.models_ = tuple(sorted({r.model for r in rows}))
-        self.features_ = PromptFeatures(n_word_features=self.n_text_features, n_char_features=self.n_text_features)
+        # The shape block (digits as 0) lets answer length follow the size of the question's numbers.
+        self.features_ = PromptFeatures(n_word_features=self.n_text_features, n_char_features=self.n_text_features,
+                                        n_shape_features=self.n_text_features)
         texts = [r.prompt_text for r in rows]
         self.features_.fit(texts)
         x_all = self._length_features(texts, np.array([r.prompt_tokens for r in rows], dtype=np.float64))

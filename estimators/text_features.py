@@ -1,5 +1,10 @@
 """Hashed word and character n-gram features of prompts: a stateless, download-free text featurizer.
 
+An optional third block hashes the prompt's *shape*: character n-grams after every digit is replaced by
+``0``, so ``47+385`` and ``12+907`` share features (two numbers of 2 and 3 digits) that their digit
+n-grams do not. How long an answer runs often follows the size of the numbers in the question (column
+sums, step-by-step arithmetic), and value n-grams cannot generalise that to numbers never seen.
+
 Ex-ante quality estimators see only the query (algorithm-spec §1.1), and for RouterBench the query is
 its prompt text. Hashing keeps the featurizer stateless and deterministic: the same prompt always maps
 to the same sparse row, whatever else was fitted, with no vocabulary to learn and nothing to download.
@@ -8,6 +13,7 @@ to the same sparse row, whatever else was fitted, with no vocabulary to learn an
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,9 +24,12 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 __all__ = ["PromptFeatures"]
 
+_DIGIT = re.compile(r"\d")
+
 
 class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
-    """Hashed word n-grams and character n-grams of each prompt, side by side, L2-normalised per block.
+    """Hashed word n-grams, character n-grams and (optionally) shape n-grams of each prompt, side by side,
+    L2-normalised per block.
 
     Parameters
     ----------
@@ -36,11 +45,16 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         Only the last ``tail_chars`` characters of a prompt are hashed. RouterBench prompts put the
         few-shot examples first and the actual question last, so the tail carries the query (and
         hashing cost grows with length); None hashes the whole prompt.
+    n_shape_features : int, default=0
+        Hash buckets for shape n-grams: character n-grams (``char_wb``) of the prompt with every digit
+        replaced by ``0`` (module docstring). 0 leaves the block out.
+    shape_ngram_range : tuple of (int, int), default=(2, 5)
+        Smallest and largest shape n-gram.
 
     Attributes
     ----------
     n_features_out_ : int
-        ``n_word_features + n_char_features``.
+        ``n_word_features + n_char_features + n_shape_features``.
 
     Notes
     -----
@@ -57,12 +71,16 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         word_ngram_range: tuple[int, int] = (1, 2),
         char_ngram_range: tuple[int, int] = (4, 5),
         tail_chars: int | None = 600,
+        n_shape_features: int = 0,
+        shape_ngram_range: tuple[int, int] = (2, 5),
     ) -> None:
         self.n_word_features = n_word_features
         self.n_char_features = n_char_features
         self.word_ngram_range = word_ngram_range
         self.char_ngram_range = char_ngram_range
         self.tail_chars = tail_chars
+        self.n_shape_features = n_shape_features
+        self.shape_ngram_range = shape_ngram_range
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -85,7 +103,7 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         """
         self._validate_params()
         _check_texts(X)
-        self.n_features_out_ = int(self.n_word_features + self.n_char_features)
+        self.n_features_out_ = int(self.n_word_features + self.n_char_features + self.n_shape_features)
         return self
 
     def _validate_params(self) -> None:
@@ -93,7 +111,10 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for name in ("word_ngram_range", "char_ngram_range"):
+        shape = self.n_shape_features
+        if isinstance(shape, bool) or not isinstance(shape, numbers.Integral) or shape < 0:
+            raise ValueError(f"n_shape_features must be a non-negative int (0: no shape block), got {shape!r}")
+        for name in ("word_ngram_range", "char_ngram_range", "shape_ngram_range"):
             value = getattr(self, name)
             if (
                 not isinstance(value, tuple)
@@ -115,9 +136,9 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
         Returns
         -------
-        scipy.sparse.csr_matrix of shape (n_samples, n_word_features + n_char_features)
-            Word block first, then character block; each block has unit L2 norm (zero for an empty
-            prompt). Entries are float64 and depend on the prompt alone.
+        scipy.sparse.csr_matrix of shape (n_samples, n_word_features + n_char_features + n_shape_features)
+            Word block first, then character block, then shape block; each block has unit L2 norm
+            (zero for an empty prompt). Entries are float64 and depend on the prompt alone.
         """
         self._validate_params()
         texts = _check_texts(X)
@@ -131,14 +152,22 @@ class PromptFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             n_features=self.n_char_features, analyzer="char_wb", ngram_range=self.char_ngram_range,
             alternate_sign=False, norm="l2", dtype=np.float64,
         )
-        out: sp.csr_matrix = sp.hstack([words.transform(texts), chars.transform(texts)], format="csr")
+        blocks = [words.transform(texts), chars.transform(texts)]
+        if self.n_shape_features:
+            shapes = HashingVectorizer(
+                n_features=self.n_shape_features, analyzer="char_wb", ngram_range=self.shape_ngram_range,
+                alternate_sign=False, norm="l2", dtype=np.float64,
+            )
+            blocks.append(shapes.transform([_DIGIT.sub("0", t) for t in texts]))
+        out: sp.csr_matrix = sp.hstack(blocks, format="csr")
         return out
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray[Any, np.dtype[np.object_]]:
-        """Names ``word0..`` then ``char0..``: hashed buckets have no readable names."""
+        """Names ``word0..``, ``char0..`` then ``shape0..``: hashed buckets have no readable names."""
         self._validate_params()
         return np.asarray(
-            [f"word{i}" for i in range(self.n_word_features)] + [f"char{i}" for i in range(self.n_char_features)],
+            [f"word{i}" for i in range(self.n_word_features)] + [f"char{i}" for i in range(self.n_char_features)]
+            + [f"shape{i}" for i in range(self.n_shape_features)],
             dtype=object,
         )
 

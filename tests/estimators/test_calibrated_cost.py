@@ -149,6 +149,28 @@ def test_output_length_follows_the_prompt(fitted: GpuTimeCostModel) -> None:
             assert np.median(tokens) == pytest.approx(length * scale, rel=0.3), (model, kind)
 
 
+def test_output_length_follows_the_size_of_numbers_never_seen() -> None:
+    """Column-sum answers grow with the digits of the operands; training and test operands share no
+    value, so only the shape features (digits as 0) can carry what was learned."""
+    rng = np.random.default_rng(3)
+
+    def rows(values: range, n: int) -> list[CostSample]:
+        out = []
+        for _ in range(n):
+            digits = int(rng.integers(1, 4))
+            a, b = (int(rng.choice([v for v in values if len(str(v)) == digits])) for _ in range(2))
+            completion = 10 * digits + 4
+            out.append(CostSample("m", f"What is {a}+{b}?", 30, completion, 64, 0.01, 0.002 * completion))
+        return out
+
+    train_values, test_values = range(0, 1000, 2), range(1, 1000, 2)  # even operands in training, odd in test
+    model = GpuTimeCostModel(n_text_features=2**10).fit(rows(train_values, 400))
+    test = rows(test_values, 60)
+    predicted = model.expected_completion_tokens("m", [r.prompt_text for r in test], [30] * 60, [64] * 60)
+    actual = np.array([r.completion_tokens for r in test])
+    assert np.mean(np.abs(predicted - actual) / actual) < 0.1
+
+
 def test_output_length_is_clipped_to_max_tokens(fitted: GpuTimeCostModel) -> None:
     essay = prompt("Write a detailed essay on", np.random.default_rng(12))
     tokens = fitted.expected_completion_tokens("big", [essay, essay], [500, 500], [1024, 50])

@@ -128,12 +128,25 @@ def test_prompt_features_are_deterministic_sparse_and_stateless() -> None:
     assert (tail.transform(["A" * 500 + " the question"]) != tail.transform(["B" * 80 + " the question"])).nnz == 0
 
 
+def test_prompt_features_shape_block_sees_the_size_of_numbers_not_their_values() -> None:
+    features = PromptFeatures(n_word_features=2**8, n_char_features=2**8, n_shape_features=2**8)
+    x = features.fit(["x"]).transform(["What is 47+385?", "What is 12+907?", "What is 4+3?"])
+    assert x.shape == (3, 3 * 2**8) and features.n_features_out_ == 3 * 2**8
+    word_char, shape = x[:, : 2**9], x[:, 2**9 :]
+    assert (shape[0] != shape[1]).nnz == 0  # same shape: 2-digit + 3-digit
+    assert (shape[0] != shape[2]).nnz > 0 and (word_char[0] != word_char[1]).nnz > 0
+    assert PromptFeatures().fit(["x"]).transform(["What is 47+385?"]).shape == (1, 2**16)  # off by default
+    assert list(features.get_feature_names_out()[-1:]) == [f"shape{2**8 - 1}"]
+
+
 @pytest.mark.parametrize(
     ("params", "x", "message"),
     [
         ({"n_word_features": 0}, ["a"], "n_word_features must be a positive int"),
         ({"char_ngram_range": (5, 4)}, ["a"], "char_ngram_range must be a tuple"),
         ({"tail_chars": -1}, ["a"], "tail_chars must be a positive int or None"),
+        ({"n_shape_features": -1}, ["a"], "n_shape_features must be a non-negative int"),
+        ({"shape_ngram_range": (0, 3)}, ["a"], "shape_ngram_range must be a tuple"),
         ({}, "one string", "not a single string|got a single string"),
         ({}, ["ok", 3], "only strings"),
         ({}, [], "X is empty"),
