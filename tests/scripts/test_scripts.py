@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scripts import bench_routing, eval_routerbench_all
+import pytest
+
+from scripts import bench_cost_floor, bench_routing, eval_routerbench_all
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routerbench_tiny"
 
@@ -86,3 +88,20 @@ def test_eval_toy_fleet_picks_lambdas_spread_over_distinct_costs() -> None:
     curve = [{"lambda": lam, "cost": c} for lam, c in [(0.0, 5.0), (0.1, 5.0), (0.2, 4.0), (0.5, 3.0), (1.0, 1.0)]]
     assert _pick_lambdas(curve, 10) == [0.0, 0.2, 0.5, 1.0]  # one lambda per distinct cost
     assert _pick_lambdas(curve, 2) == [0.0, 1.0]
+
+
+def test_cost_floor_is_the_leave_one_out_error_of_the_median() -> None:
+    stats = bench_cost_floor.floor_stats([0.1, 0.1, 0.1, 0.2])
+    # Each 0.1 is predicted by the median of the others (0.1): no error; the 0.2 by 0.1: 50 %.
+    assert stats["floor_mape_pct"] == pytest.approx(12.5)
+    assert stats["p50_ms"] == pytest.approx(100.0)
+    assert bench_cost_floor.floor_stats([0.05] * 5)["floor_mape_pct"] == 0.0
+    with pytest.raises(ValueError, match="at least 3"):
+        bench_cost_floor.floor_stats([0.1, 0.2])
+
+
+def test_engine_time_is_prefill_plus_decode_and_refuses_responses_without_metrics() -> None:
+    response = {"metrics": {"time_to_first_token_ms": 12.0, "generation_time_ms": 30.0, "queue_time_ms": 500.0}}
+    assert bench_cost_floor.engine_s(response) == pytest.approx(0.042)
+    with pytest.raises(ValueError, match="no engine metrics"):
+        bench_cost_floor.engine_s({"choices": []})
