@@ -26,7 +26,8 @@ from estimators.calibration import lambda_for_budget
 
 __all__ = ["ARTIFACT_VERSION", "Artifacts", "ArtifactsError", "load_artifacts", "save_artifacts"]
 
-ARTIFACT_VERSION = 1
+# 2: the prompt features gained a digit-masked block, which estimators pickled by version 1 lack.
+ARTIFACT_VERSION = 2
 SUMMARY = "calibration.json"
 ESTIMATORS = "estimators.pkl"
 

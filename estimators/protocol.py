@@ -139,6 +139,7 @@ def run_protocol(
     progress: Progress | None = None,
     n_jobs: int = 1,
     estimator_table: RouterBenchTable | None = None,
+    estimator_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "settings"}``.
 
@@ -152,6 +153,7 @@ def run_protocol(
     With ``settings.estimators == "trained"``, ``estimator_table`` holds the rows the estimators are
     trained on (required, and disjoint in ``sample_id`` from ``table``, whose rows are split into
     validation and test as usual; module docstring). It must be None for simulated estimators.
+    ``estimator_params`` are set on the ``TrainedQualityEstimator`` (its defaults otherwise).
     """
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs!r}")
@@ -166,16 +168,16 @@ def run_protocol(
     extra: dict[str, Any] = {}
     t_est = time.perf_counter()
     if settings.estimators == "simulated":
-        if estimator_table is not None:
-            raise ValueError("estimator_table is for estimators='trained'; simulated estimators calibrate on "
-                             "the validation split")
+        if estimator_table is not None or estimator_params is not None:
+            raise ValueError("estimator_table and estimator_params are for estimators='trained'; simulated "
+                             "estimators calibrate on the validation split")
         assert settings.noise is not None  # ProtocolSettings guarantees it
         signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
         estimates = simulated_estimates(signals, quality, cost, fit_rows=val)
     else:
         if progress is not None:
             progress("train estimators", 0, 1)
-        estimates, extra = _trained_source(table, estimator_table, settings)
+        estimates, extra = _trained_source(table, estimator_table, settings, estimator_params or {})
         extra["estimator_fit_s"] = time.perf_counter() - t_est
         if progress is not None:
             progress("train estimators", 1, 1)
@@ -236,7 +238,8 @@ def run_protocol(
 
 
 def _trained_source(
-    table: RouterBenchTable, estimator_table: RouterBenchTable | None, settings: ProtocolSettings
+    table: RouterBenchTable, estimator_table: RouterBenchTable | None, settings: ProtocolSettings,
+    params: dict[str, Any],
 ) -> tuple[_SplittableSource, dict[str, Any]]:
     """Fit the trained estimators on ``estimator_table``; their source over ``table`` (models as sorted)."""
     from estimators.trained_quality import TrainedQualityEstimator
@@ -250,7 +253,7 @@ def _trained_source(
             f"{sorted(shared)[:3]}): an estimator must never train on a scored query"
         )
     train = estimator_table.select_models(table.models)
-    estimator = TrainedQualityEstimator(random_state=settings.seed).fit(train)
+    estimator = TrainedQualityEstimator(random_state=settings.seed).set_params(**params).fit(train)
     info = {
         "estimator_rows": "estimator_table (RouterBench: *_train.csv rows whose sample_id is in no *_test.csv); "
         "validation and test split the other rows (*_test.csv); no sample_id in both",

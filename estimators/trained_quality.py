@@ -106,6 +106,9 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         Inverse regularisation of the answer-dependent logistic regressions.
     n_text_features : int, default=2**15
         Hash buckets per n-gram family (word and character) of the prompt features.
+    n_shape_features : int, default=0
+        Hash buckets of the prompt's character n-grams with every digit masked (``PromptFeatures``): how
+        many digits the numbers have, whatever their values. 0 leaves the block out.
     cv : int, default=5
         Folds of the cross-fitting (stacked ex-ante logits and held-out uncertainty).
     n_subsets_per_query : int, default=2
@@ -160,6 +163,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         ante_C: float = 0.3,
         post_C: float = 1.0,
         n_text_features: int = 2**15,
+        n_shape_features: int = 0,
         cv: int = 5,
         n_subsets_per_query: int = 2,
         n_size_buckets: int = 5,
@@ -170,6 +174,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         self.ante_C = ante_C
         self.post_C = post_C
         self.n_text_features = n_text_features
+        self.n_shape_features = n_shape_features
         self.cv = cv
         self.n_subsets_per_query = n_subsets_per_query
         self.n_size_buckets = n_size_buckets
@@ -203,7 +208,8 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
 
         self.models_ = tuple(table.models)
         self.tasks_ = tuple(sorted(set(table.eval_names)))
-        self.features_ = PromptFeatures(n_word_features=self.n_text_features, n_char_features=self.n_text_features)
+        self.features_ = PromptFeatures(n_word_features=self.n_text_features, n_char_features=self.n_text_features,
+                                        n_shape_features=self.n_shape_features)
         self._solver_seed = int(rng.randint(2**31 - 1))
         self.features_.fit(table.prompts)
         task = self._task_onehot(table.eval_names)
@@ -391,7 +397,8 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < np.inf:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         for name, low in (
-            ("n_text_features", 1), ("cv", 2), ("n_subsets_per_query", 1), ("n_size_buckets", 1)
+            ("n_text_features", 1), ("n_shape_features", 0), ("cv", 2), ("n_subsets_per_query", 1),
+            ("n_size_buckets", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:

@@ -333,6 +333,43 @@ def test_post_hoc_estimate_is_closer_to_the_truth_than_ex_ante(
         assert np.mean((two[:, i] - q[:, i]) ** 2) < np.mean((ante[:, i] - q[:, i]) ** 2)
 
 
+def addition_table(n: int, *, digits: str, seed: int) -> RouterBenchTable:
+    """Sums of 1-3 digit numbers written with ``digits`` only; model j is right when no operand has more
+    than j + 1 digits, so difficulty follows the size of the numbers, never their values."""
+    rng = np.random.default_rng(seed)
+    prompts, responses, quality = [], [], np.zeros((n, 3))
+    for r in range(n):
+        a, b = ("".join(rng.choice(list(digits), size=int(rng.integers(1, 4)))) for _ in range(2))
+        size = max(len(a), len(b))
+        prompts.append(f"What is {a}+{b}?")
+        quality[r] = [float(size <= j + 1) for j in range(3)]
+        right = str(int(a) + int(b))
+        responses.append(tuple(right if ok else right + "1" for ok in quality[r]))
+    return RouterBenchTable(
+        sample_ids=tuple(f"{digits}.{r}" for r in range(n)), prompts=tuple(prompts), eval_names=("add",) * n,
+        models=("m0", "m1", "m2"), quality=quality, cost_usd=np.tile([1.0, 2.0, 8.0], (n, 1)),
+        responses=tuple(responses), answer_kinds=("final",) * n,
+    )
+
+
+def test_masked_digit_features_predict_difficulty_of_numbers_never_seen() -> None:
+    """Training numbers use the digits 1-5, test numbers 6-9 only: word and character n-grams of the
+    test prompts were never seen, their digit-masked shape was."""
+    from sklearn.metrics import roc_auc_score
+
+    train, test = addition_table(300, digits="12345", seed=0), addition_table(150, digits="6789", seed=1)
+    rows, none = np.arange(test.n_queries), np.zeros((test.n_queries, 3), dtype=bool)
+    auc = {}
+    for shape in (0, 2**8):
+        est = TrainedQualityEstimator(random_state=0, n_shape_features=shape, **FAST_ESTIMATOR).fit(train)
+        ante = est.estimate_source(test).estimate(rows, none).q_mean
+        auc[shape] = [roc_auc_score(test.quality[:, j], ante[:, j]) for j in (0, 1)]
+    assert min(auc[2**8]) > 0.97
+    # Without the block the prompt's length still tells 1 digit from more (normalised n-gram weights
+    # shrink with length), but 2 digits from 3 far worse.
+    assert auc[0][1] < 0.85
+
+
 def test_uncertainty_is_fitted_on_held_out_predictions(
     synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
 ) -> None:
@@ -438,13 +475,14 @@ def test_protocol_trains_estimators_only_on_rows_it_never_scores(
 
     monkeypatch.setattr(TrainedQualityEstimator, "fit", spy)
     settings = ProtocolSettings(models=3, estimators="trained", noise=None, per_segment=2, n_bootstrap=0, n_search=2)
-    result = run_protocol(test, settings, estimator_table=train)
+    result = run_protocol(test, settings, estimator_table=train, estimator_params={"n_shape_features": 2**6})
     assert seen == [train.sample_ids]
     assert not set(seen[0]) & set(test.sample_ids)
     s = result["settings"]
     assert s["estimators"] == "trained" and s["noise"] is None
     assert s["n_estimator_training"] == train.n_queries
     assert s["uncertainty_scale_fitted"] in trained_quality._SCALE_GRID
+    assert s["estimator_params"]["n_shape_features"] == 2**6
     assert s["n_validation"] + s["n_test"] == test.n_queries
 
 
@@ -456,8 +494,13 @@ def test_protocol_refuses_overlapping_estimator_rows(tiny: tuple[RouterBenchTabl
         run_protocol(test, settings, estimator_table=leaky)
     with pytest.raises(ValueError, match="needs estimator_table"):
         run_protocol(test, settings)
-    with pytest.raises(ValueError, match="estimator_table is for estimators='trained'"):
+    with pytest.raises(ValueError, match="estimator_table and estimator_params are for estimators='trained'"):
         run_protocol(test, ProtocolSettings(models=3, per_segment=2, n_bootstrap=0), estimator_table=train)
+    with pytest.raises(ValueError, match="estimator_table and estimator_params are for estimators='trained'"):
+        run_protocol(test, ProtocolSettings(models=3, per_segment=2, n_bootstrap=0),
+                     estimator_params={"n_shape_features": 8})
+    with pytest.raises(ValueError, match="Invalid parameter 'n_shape_feature'"):
+        run_protocol(test, settings, estimator_table=train, estimator_params={"n_shape_feature": 8})
 
 
 @pytest.mark.parametrize(

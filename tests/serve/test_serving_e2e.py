@@ -260,7 +260,7 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     fleet_url: str, client: Any, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     """`cascade calibrate` on the live fleet, then the controller redeployed with its artifacts."""
-    from cluster.calibrate import CalibrateOptions, run_calibrate
+    from cluster.calibrate import QUALITY_PARAMS, CalibrateOptions, run_calibrate
     from cluster.config import FleetConfig
     from cluster.fingerprint import fleet_fingerprints
     from cluster.fleet import deploy, wait_ready
@@ -319,7 +319,8 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
 
     fleet = FleetConfig.from_file(fleet_file)
     fingerprints = fleet_fingerprints(fleet)
-    load_artifacts(out, fingerprints)
+    quality = load_artifacts(out, fingerprints).quality
+    assert quality.get_params()["n_shape_features"] == QUALITY_PARAMS["n_shape_features"]
     with pytest.raises(ArtifactsError, match="tiny-large: weights or engine settings changed"):
         load_artifacts(out, {**fingerprints, "tiny-large": "0" * 16})
 
