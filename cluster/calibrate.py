@@ -68,9 +68,10 @@ def parse_budget(text: str, strongest_gpu_s: float) -> float:
 def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     """Run the whole calibration; returns the summary written to ``OUT/calibration.json``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from sklearn.model_selection import train_test_split
 
+    from cluster.progress import LoggedProgress
     from cluster.replay import load_cache, permanent_failures, replay
     from estimators.artifacts import save_artifacts
     from estimators.calibrated_cost import CostSample, GpuTimeCostModel
@@ -92,7 +93,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     errors: list[str] = []  # transient: retried by the next run
     rejected: list[str] = []  # the model refused the request: the prompt is left out
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False, disable=opts.quiet) as bar:
+    with LoggedProgress(*columns, console=console, transient=False, disable=opts.quiet) as bar:
         task = bar.add_task(f"replay {len(rows)} prompts x {len(models)} models", total=len(rows) * len(models))
         cache = opts.out / "replay.jsonl"
         already = len([k for k in load_cache(cache).keys() | permanent_failures(cache).keys()

@@ -281,9 +281,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _eval_routerbench(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from cluster.progress import LoggedProgress
     from estimators.plots import plot_quality_cost
     from estimators.protocol import METHODS, ProtocolSettings, run_protocol
     from estimators.routerbench import load_routerbench, split_by_file
@@ -318,7 +319,7 @@ def _eval_routerbench(args: argparse.Namespace) -> int:
         # Estimators learn from the train files; the paper's validation/test split is of the test files.
         estimator_table, table = split_by_file(table, data)
     console = Console(stderr=True)
-    with Progress(
+    with LoggedProgress(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=args.quiet,
     ) as bar:

@@ -49,12 +49,13 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
     prompts, answers = DEMO_PROMPTS, [None] * len(DEMO_PROMPTS)
     max_tokens = 16
     if toy:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
+        from cluster.progress import LoggedProgress
         from cluster.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts
 
         columns = (TextColumn("training {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as bar:
+        with LoggedProgress(*columns, console=console) as bar:
             build_toy_fleet(cache / "toy", progress=bar)
         # One question of each difficulty, none ever trained on.
         rows = {r["task"]: r for r in toy_prompts(30, seed=7)}

@@ -520,11 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from cluster.progress import LoggedProgress
+
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with LoggedProgress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True)) as bar:
         paths = build_toy_fleet(args.out, progress=bar, jobs=args.jobs)
     Console(stderr=True).print(f"fleet ready in {time.perf_counter() - start:.0f} s (wall; 0 when cached)")

@@ -130,8 +130,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
+
+    from cluster.progress import LoggedProgress
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the fleet's endpoint (default :8000)")
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]not served: {', '.join(unknown)}[/red] (served: {', '.join(served)})")
         return 2
     total = args.repeats * len(args.max_tokens) * len(PROMPTS) * len(models)
-    with Progress(console=console) as bar:
+    with LoggedProgress(console=console) as bar:
         task = bar.add_task("identical requests", total=total)
         result = measure(args.url, models, max_tokens=args.max_tokens, repeats=args.repeats, warmup=args.warmup,
                          api_key=args.api_key, progress=lambda: bar.advance(task))

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
+    from cluster.progress import LoggedProgress
     from estimators.simulated import draw_noise, simulated_estimates
     from routing import CascadeRouter, Estimates, rollout
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     decision_us: dict[str, dict[str, float]] = {}
     decision_by_step: dict[str, dict[str, float]] = {}
     fit_s: dict[str, float] = {}
-    with Progress(console=Console(stderr=True)) as bar:
+    with LoggedProgress(console=Console(stderr=True)) as bar:
         task = bar.add_task("benchmark", total=len(ks) * 4)
         for k in ks:
             quality, cost = _table(args.queries, k, rng)

@@ -246,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
 
     from cluster.config import FleetConfig
     from cluster.fleet import connect, deploy, wait_ready
+    from cluster.progress import LoggedProgress
     from cluster.tiny_models import TINY_FLEET, build_tiny_model
 
     fleet = FleetConfig.from_file(args.fleet)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     connect(None, start_local=False, num_cpus=os.cpu_count())
     try:
-        with Progress(console=console) as bar:
+        with LoggedProgress(console=console) as bar:
             task = bar.add_task("fleet start", total=None)
             port = 8000 + os.getpid() % 1000
             deploy(fleet, host="127.0.0.1", port=port, api_keys=[])

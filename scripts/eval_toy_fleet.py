@@ -130,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from cluster.calibrate import CalibrateOptions, run_calibrate
     from cluster.config import FleetConfig
     from cluster.fleet import connect, deploy, wait_ready
+    from cluster.progress import LoggedProgress
     from cluster.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts, write_prompts_jsonl
     from estimators.artifacts import load_artifacts
     from estimators.graders import numeric_match
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     root = args.fleet.resolve().parent
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as bar:
+    with LoggedProgress(*columns, console=console) as bar:
         build_toy_fleet(root / ".cache" / "toy", progress=bar)
     build_s = time.perf_counter() - started
     cal_file = write_prompts_jsonl(args.out / "calibration_prompts.jsonl", toy_prompts(args.calibration_prompts, 0))
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[tuple[str, str, float | None], dict[str, float]] = {}
         cost_model = artifacts.cost
         mape: dict[str, float] = {}
-        with Progress(*columns, console=console) as bar:
+        with LoggedProgress(*columns, console=console) as bar:
             task = bar.add_task("live evaluation", total=len(plan) * len(eval_rows))
             for kind, model, lam in plan:
                 bodies = []
