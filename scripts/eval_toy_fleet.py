@@ -11,8 +11,10 @@
 4. Redeploys the controller with the artifacts (the model replicas stay up) and evaluates live, on
    the evaluation prompts, through HTTP: every single model (direct requests: accuracy, measured
    GPU-seconds per query, the calibrated cost model's ex-ante error), and every policy (routing,
-   threshold cascade, optimal cascade, cascade routing) at the lambdas of its calibration curve, each
-   request to the virtual model ``cascade`` with ``extra_body={"cascade": {policy, lambda}}``; quality
+   threshold cascade, optimal cascade, cascade routing) at the same budgets, evenly spaced over the
+   single models' calibration costs, each policy at the lambda its calibration curve gives a budget
+   (the paper's protocol), each request to the virtual model ``cascade`` with
+   ``extra_body={"cascade": {policy, lambda}}``; quality
    is the numeric grader's verdict on the returned answer, cost the trace's ``total_gpu_ms``.
 5. AUC of each policy's live curve over the single models' cost range (``routing.area_under_curve``,
    the paper's measure), checks of the issue's targets, JSON and the Pareto plot.
@@ -36,16 +38,22 @@ POLICIES = {"routing": "routing", "threshold_cascade": "threshold_cascade", "opt
             "cascade_routing": "cascade_routing"}
 
 
-def _pick_lambdas(curve: list[dict[str, float]], n: int) -> list[float]:
-    """Up to ``n`` lambdas spread over the distinct costs of a calibration curve."""
-    seen: dict[float, float] = {}
-    for p in curve:
-        seen.setdefault(round(p["cost"], 6), p["lambda"])
-    lams = list(seen.values())
-    if len(lams) <= n:
-        return lams
-    idx = np.unique(np.round(np.linspace(0, len(lams) - 1, n)).astype(int))
-    return [lams[i] for i in idx]
+def _pick_lambdas(curve: list[dict[str, float]], budgets: list[float]) -> list[float]:
+    """The lambda of each budget on a calibration curve: the best point within it (the paper's protocol).
+
+    Every policy is evaluated at the same budgets, spread evenly over the single models' cost range,
+    the range the AUC integrates over, so no policy's curve has a gap where another's has points. A
+    budget below the curve's cheapest point takes that point. Lambdas that repeat are run once.
+    """
+    from estimators.calibration import lambda_for_budget
+
+    cheapest = min(curve, key=lambda p: p["cost"])
+    lams: list[float] = []
+    for budget in budgets:
+        lam = lambda_for_budget(curve, budget)["lambda"] if budget >= cheapest["cost"] else cheapest["lambda"]
+        if lam not in lams:
+            lams.append(lam)
+    return lams
 
 
 def summarize(
@@ -121,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=Path, default=Path("models.toy.yaml"))
     parser.add_argument("--calibration-prompts", type=int, default=500)
     parser.add_argument("--eval-prompts", type=int, default=200)
-    parser.add_argument("--lambdas", type=int, default=8, help="lambdas per policy (default 8)")
+    parser.add_argument("--lambdas", type=int, default=8,
+                        help="budgets per policy, evenly spaced over the single models' cost range (default 8)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", type=Path, default=Path("runs/toy_calibration"), help="calibration artifacts")
+    parser.add_argument("--reuse-replay", action="store_true",
+                        help="keep OUT/replay.jsonl from an earlier run (its timings were taken then, under that "
+                             "run's load; by default the calibration prompts are replayed afresh)")
     args = parser.parse_args(argv)
 
     import ray
@@ -160,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(url, 1800)
         up_s = time.perf_counter() - started - build_s
         console.print(f"fleet ready in {up_s:.0f} s")
+        if not args.reuse_replay:
+            # The cost model must be fitted on timings taken beside the live run: the same model's engine
+            # seconds differ by 2x between sessions on 2 shared cores.
+            (args.out / "replay.jsonl").unlink(missing_ok=True)
         summary = run_calibrate(CalibrateOptions(
             fleet_file=args.fleet, prompts=cal_file, out=args.out, url=url, concurrency=args.concurrency,
             max_tokens=MAX_ANSWER_TOKENS, budget=None,
@@ -176,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         answers = [r["answer"] for r in eval_rows]
         models = list(summary["models"])  # cost order
         plan: list[tuple[str, str, float | None]] = [("single", m, None) for m in models]
+        model_gpu_s = [summary["per_model"][m]["gpu_s_per_query"] for m in models]
+        budgets = np.linspace(min(model_gpu_s), max(model_gpu_s), args.lambdas).tolist()
         for key in POLICIES:
-            plan += [(key, "cascade", lam) for lam in _pick_lambdas(summary["lambda_curves"][key], args.lambdas)]
+            plan += [(key, "cascade", lam) for lam in _pick_lambdas(summary["lambda_curves"][key], budgets)]
         results: dict[tuple[str, str, float | None], dict[str, float]] = {}
         cost_model = artifacts.cost
         mape: dict[str, float] = {}

@@ -82,12 +82,14 @@ def test_eval_toy_fleet_summary_ranks_policies_and_checks_single_models() -> Non
     assert not checks["cascade_routing_above_routing"]
 
 
-def test_eval_toy_fleet_picks_lambdas_spread_over_distinct_costs() -> None:
+def test_eval_toy_fleet_picks_the_best_lambda_within_each_budget() -> None:
     from scripts.eval_toy_fleet import _pick_lambdas
 
-    curve = [{"lambda": lam, "cost": c} for lam, c in [(0.0, 5.0), (0.1, 5.0), (0.2, 4.0), (0.5, 3.0), (1.0, 1.0)]]
-    assert _pick_lambdas(curve, 10) == [0.0, 0.2, 0.5, 1.0]  # one lambda per distinct cost
-    assert _pick_lambdas(curve, 2) == [0.0, 1.0]
+    curve = [{"lambda": lam, "cost": c, "quality": q}
+             for lam, c, q in [(0.0, 5.0, 0.9), (0.1, 5.0, 0.9), (0.2, 4.0, 0.9), (0.5, 3.0, 0.7), (1.0, 1.0, 0.2)]]
+    # 4.5 and 6 both buy the 0.9 at cost 4 (lambda 0.2, run once); 0.5 is below every point: the cheapest.
+    assert _pick_lambdas(curve, [0.5, 1.0, 3.5, 4.5, 6.0]) == [1.0, 0.5, 0.2]
+    assert _pick_lambdas(curve, [2.0]) == [1.0]
 
 
 def test_cost_floor_is_the_leave_one_out_error_of_the_median() -> None:
