@@ -39,6 +39,7 @@ from sklearn.model_selection import train_test_split
 from estimators.routerbench import MODEL_SETS, RouterBenchTable
 from estimators.simulated import draw_noise, simulated_estimates
 from routing import (
+    BudgetUnreachableError,
     CascadeRouter,
     ConfidenceInterval,
     EstimateSource,
@@ -227,6 +228,10 @@ def run_protocol(
             "budget_grid": f"{settings.per_segment} per segment of the single models' test cost hull",
             "n_budgets": int(len(budgets)),
             "budgets_raised_to_validation_floor": int(np.sum(budgets < floor)),
+            "budgets_raised_to_policy_floor": {
+                m: int(sum(p.max_expected_cost > b for p, b in zip(policies[m], fit_budgets, strict=True)))
+                for m in methods
+            },
             "cost_unit": "USD per query",
             **extra,
             "fit_s": fit_s,
@@ -322,7 +327,14 @@ def _fit_method(
     memos: StateMemos = {}
     policies = []
     for b, budget in enumerate(fit_budgets):
-        policies.append(_make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos))
+        try:
+            policy = _make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos)
+        except BudgetUnreachableError as exc:
+            # Even at lambda -> infinity the estimated costs pick a dearer model on a few queries, so the
+            # policy's cheapest setting costs a little more than the cheapest model: fit at that cost, as
+            # the reference's bracketing does when it gives up (spec §1.4).
+            policy = _make_policy(method, exc.cheapest_cost, settings).fit(est_val, q_val, c_val, memos=memos)
+        policies.append(policy)
         _report(f"fit {method}", b + 1, len(fit_budgets))
     return time.perf_counter() - t0, policies
 

@@ -23,7 +23,7 @@ from routing._evaluation import (
     single_model_points,
 )
 from routing._expected_max import clark_expected_max, expected_max
-from routing._lambda_search import LambdaFit, fit_lambdas
+from routing._lambda_search import BudgetUnreachableError, LambdaFit, fit_lambdas
 from routing._routing_lp import Router
 from routing._simulate import Rollout, rollout
 from routing._state_quality import StateMemos
@@ -32,6 +32,7 @@ from routing._threshold_cascade import ThresholdCascade
 
 __all__ = [
     "AucRange",
+    "BudgetUnreachableError",
     "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
     "ConfidenceInterval",

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BUDGET_RTOL", "LambdaFit", "Strategy", "fit_lambdas"]
+__all__ = ["BUDGET_RTOL", "BudgetUnreachableError", "LambdaFit", "Strategy", "fit_lambdas"]
 
 FloatArray = NDArray[np.float64]
 Strategy = Literal["constant", "per_step"]
@@ -34,6 +34,19 @@ _LAMBDA_CEILING = 1e12
 # An average cost equal to the budget up to summation order (one ulp) is within budget: the same
 # mean summed along another axis can differ in the last bit.
 BUDGET_RTOL = 1e-12
+
+
+class BudgetUnreachableError(ValueError):
+    """The budget is below the cheapest average cost the policy reaches on the validation set.
+
+    ``cheapest_cost`` is that cost (the policy at the largest lambda tried). With estimated costs it
+    can exceed the cheapest model's average: where two models cost nearly the same, the estimates rank
+    them the other way on some queries, so even an infinite lambda does not always pick the cheaper.
+    """
+
+    def __init__(self, message: str, *, cheapest_cost: float) -> None:
+        super().__init__(message)
+        self.cheapest_cost = cheapest_cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +110,10 @@ def fit_lambdas(
         while cost_hi > limit:
             hi *= 4.0
             if hi > _LAMBDA_CEILING:
-                raise ValueError(
+                raise BudgetUnreachableError(
                     f"budget {budget:.6g} is below the cheapest average cost this policy reaches on the "
-                    f"validation set ({cost_hi:.6g} at lambda={hi / 4:.3g})"
+                    f"validation set ({cost_hi:.6g} at lambda={hi / 4:.3g})",
+                    cheapest_cost=cost_hi,
                 )
             cost_hi, quality_hi = run(hi * ones)
         lo = 0.0

@@ -77,3 +77,21 @@ def test_real_data_cascade_routing_beats_routing_with_three_models() -> None:
     auc = result["auc"]
     assert auc["cascade_routing"] > auc["routing"] > auc["linear"]
     assert auc["cascade_routing"] >= max(auc["threshold_cascade"], auc["optimal_cascade"]) - 0.5
+
+
+def test_a_grid_budget_below_what_a_policy_reaches_is_fitted_at_its_cheapest() -> None:
+    """The grid's lowest budget is the cheapest model's cost; a router whose cost estimates rank two
+    near-equal models the wrong way on some queries cannot get there, and is fitted at what it reaches."""
+    from estimators.protocol import _fit_method
+    from routing import TableEstimates
+
+    n = 10
+    wrong = np.arange(n) < 2
+    cost_ante = np.where(wrong[:, None], [2.0, 1.0], [1.0, 1.1])
+    q = np.tile([0.5, 0.6], (n, 1))
+    table = TableEstimates(q_ante=q, q_post=q, var_ante=np.zeros((n, 2)), var_post=np.zeros((n, 2)),
+                           cost_ante=cost_ante, cost_post=cost_ante)
+    _, policies = _fit_method("routing", np.array([1.0, 1.1]), ProtocolSettings(models=("a", "b"), **FAST), table, q,
+                              np.tile([1.0, 1.1], (n, 1)))
+    assert [p.max_expected_cost for p in policies] == [pytest.approx(1.02), 1.1]
+    assert policies[0].fit_cost_ == pytest.approx(1.02)

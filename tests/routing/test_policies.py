@@ -12,6 +12,7 @@ import pytest
 from conftest import one_query as _one
 
 from routing import (
+    BudgetUnreachableError,
     CascadeRouter,
     Decision,
     Estimates,
@@ -510,3 +511,23 @@ def test_simulator_tables_decide_exactly_as_the_search(seed: int) -> None:
         tables = rollout(policy, table, quality, c, rng=np.random.default_rng(7), memos={})
         np.testing.assert_array_equal(tables.answer_from, search.answer_from)
         np.testing.assert_array_equal(tables.cost, search.cost)
+
+
+@pytest.mark.parametrize("policy_class", [Router, CascadeRouter], ids=lambda c: c.__name__)
+def test_a_budget_the_estimates_cannot_reach_says_what_they_reach(policy_class: type) -> None:
+    """Estimates that rank two near-equal models the wrong way on some queries keep even lambda -> inf
+    above the cheapest model's average; the error carries the cheapest cost the policy does reach.
+    (Cascades always start with the cheapest model, so they always reach it.)"""
+    n = 10
+    wrong = np.arange(n) < 2  # on these two queries the cheaper model is estimated dearer
+    cost_ante = np.where(wrong[:, None], [2.0, 1.0], [1.0, 1.1])
+    table = TableEstimates(
+        q_ante=np.tile([0.5, 0.6], (n, 1)), q_post=np.tile([0.5, 0.6], (n, 1)),
+        var_ante=np.zeros((n, 2)), var_post=np.zeros((n, 2)), cost_ante=cost_ante, cost_post=cost_ante,
+    )
+    quality, cost = np.tile([0.5, 0.6], (n, 1)), np.tile([1.0, 1.1], (n, 1))
+    with pytest.raises(BudgetUnreachableError, match="below the cheapest average cost this policy reaches") as err:
+        policy_class(max_expected_cost=1.0).fit(table, quality, cost)
+    assert err.value.cheapest_cost == pytest.approx(1.02)
+    fitted = policy_class(max_expected_cost=err.value.cheapest_cost).fit(table, quality, cost)
+    assert fitted.fit_cost_ == pytest.approx(1.02)
