@@ -128,18 +128,23 @@ def main(argv: list[str] | None = None) -> int:
             }
             # Sanity: the policies really work on held-out data (cost within reach of the budget).
             check = rollout(policies[1], est_test, quality[test], cost[test], rng=np.random.default_rng(0))
-            decision_us[str(k)]["test_cost_over_budget"] = check.mean_cost / float(policies[1].max_expected_cost)
+            fit_budget = policies[1].max_expected_cost
+            assert fit_budget is not None  # fitted at a budget
+            decision_us[str(k)]["test_cost_over_budget"] = check.mean_cost / fit_budget
             bar.advance(task)
 
     table = Table(title="cascade routing: decision latency (live path) and fit time")
     for col in ("K", "median us", "p99 us", "decisions", "median us by step", "unpruned median us", "fit s / budget"):
         table.add_column(col, justify="right")
     for k in ks:
-        d = decision_us[str(k)]
+        row = decision_us[str(k)]
         by_step = " ".join(f"{s}:{v:.0f}" for s, v in decision_by_step[str(k)].items())
-        full = f"{d['unpruned_median']:.0f} ({d['prune_speedup_median']:.1f}x)" if "unpruned_median" in d else "-"
+        unpruned_cell = "-"
+        if "unpruned_median" in row:
+            unpruned_cell = f"{row['unpruned_median']:.0f} ({row['prune_speedup_median']:.1f}x)"
         table.add_row(
-            str(k), f"{d['median']:.0f}", f"{d['p99']:.0f}", str(d["n"]), by_step, full, f"{fit_s[str(k)]:.2f}"
+            str(k), f"{row['median']:.0f}", f"{row['p99']:.0f}", str(row["n"]), by_step, unpruned_cell,
+            f"{fit_s[str(k)]:.2f}",
         )
     Console().print(table)
     result: dict[str, Any] = {

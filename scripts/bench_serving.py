@@ -46,7 +46,7 @@ PROMPTS = [
 def _cpu_seconds() -> dict[str, float]:
     """CPU time so far of the processes on the request path, by role: the controller replica, the
     HTTP proxy, the model replicas with their engine processes, and this driver."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     totals = dict.fromkeys(("controller", "proxy", "replicas", "driver"), 0.0)
     for proc in psutil.process_iter(["cmdline"]):
@@ -184,7 +184,7 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
         for i in range(args.requests)
     ]
     latencies, w, outs_mixed = await _run_block(lambda b: controller.call.remote("chat", b), mixed_bodies, 8)
-    mixed = _stats(latencies, w)
+    mixed: dict[str, Any] = {**_stats(latencies, w)}
     stages = [len([s for s in o["cascade"]["stages"] if s["decision"] != "error"]) for o in outs_mixed]
     mixed.update({
         "concurrency": 8,
