@@ -106,8 +106,10 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
                     f"{record.prompt_id} on {record.model}: {record.error}")
             bar.advance(task)
 
+        # Replicas that share the machine's processor are timed one model at a time (cluster.replay).
+        shared_processor = any(spec.on_cpu for spec in fleet.models)
         records = replay(opts.url, rows, fingerprints, opts.out / "replay.jsonl", concurrency=opts.concurrency,
-                         api_key=opts.api_key, on_done=on_done)
+                         models_at_once=1 if shared_processor else None, api_key=opts.api_key, on_done=on_done)
         replay_s = time.perf_counter() - started
         grading = bar.add_task("grade answers", total=len(rows) * len(models))
         graded = build_table(rows, models, records,

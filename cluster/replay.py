@@ -9,8 +9,11 @@ settings changed is measured again. A pair that fails (timeout, 5xx, connection)
 error and retried on the next run; one the model rejects (4xx: a prompt over its context length) is
 recorded and not asked again, and calibration leaves that prompt out.
 
-``concurrency`` requests are in flight at a time, spread over the models; the concurrency is part of
-the measurement (batching changes per-request engine time) and is stored with the artifacts.
+Each model gets ``concurrency`` requests in flight (batching changes per-request engine time, so the
+concurrency is part of the measurement and is stored with the artifacts). ``models_at_once`` bounds
+how many models are measured at the same time: all of them where each replica owns its accelerator,
+one where the replicas share a processor (a CPU fleet), or every model's timing would include the
+others' compute, which serving one request at a time never sees (2x on the toy fleet, 2 cores).
 """
 
 from __future__ import annotations
@@ -125,44 +128,46 @@ def _record(row: PromptRow, model: str, fingerprint: str, response: dict[str, An
 
 async def _replay(
     url: str, rows: Sequence[PromptRow], fingerprints: dict[str, str], cache_path: Path, concurrency: int,
-    timeout_s: float, api_key: str | None, on_done: Callable[[ReplayRecord], None],
+    models_at_once: int | None, timeout_s: float, api_key: str | None, on_done: Callable[[ReplayRecord], None],
 ) -> None:
     import httpx
 
     done = load_cache(cache_path).keys() | permanent_failures(cache_path).keys()
-    todo = [(row, model) for row in rows for model, fp in fingerprints.items() if (row.id, model, fp) not in done]
-    # Row-major order interleaves the models, so every engine is busy and no model's timings come
-    # from a lone burst at the end.
-    queue: asyncio.Queue[tuple[PromptRow, str]] = asyncio.Queue()
-    for pair in todo:
-        queue.put_nowait(pair)
+    todo = {model: [row for row in rows if (row.id, model, fp) not in done] for model, fp in fingerprints.items()}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     _drop_torn_last_line(cache_path)
+    slots = asyncio.Semaphore(models_at_once or max(1, len(todo)))
     with cache_path.open("a", encoding="utf-8") as sink:
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers) as client:
 
-            async def worker() -> None:
-                while not queue.empty():
-                    row, model = queue.get_nowait()
-                    path = "/v1/chat/completions" if row.endpoint == "chat" else "/v1/completions"
-                    try:
-                        resp = await client.post(path, json=row.request_body(model))
-                        if resp.status_code == 200:
-                            record = _record(row, model, fingerprints[model], resp.json())
-                        else:
-                            message = _error_message(resp)
-                            record = ReplayRecord(row.id, model, fingerprints[model],
-                                                  error=f"HTTP {resp.status_code}: {message}",
-                                                  permanent=resp.status_code in _PERMANENT_STATUS)
-                    except (httpx.HTTPError, ValueError) as exc:
+            async def ask(row: PromptRow, model: str) -> None:
+                path = "/v1/chat/completions" if row.endpoint == "chat" else "/v1/completions"
+                try:
+                    resp = await client.post(path, json=row.request_body(model))
+                    if resp.status_code == 200:
+                        record = _record(row, model, fingerprints[model], resp.json())
+                    else:
+                        message = _error_message(resp)
                         record = ReplayRecord(row.id, model, fingerprints[model],
-                                              error=f"{type(exc).__name__}: {exc}")
-                    sink.write(json.dumps(asdict(record)) + "\n")
-                    sink.flush()
-                    on_done(record)
+                                              error=f"HTTP {resp.status_code}: {message}",
+                                              permanent=resp.status_code in _PERMANENT_STATUS)
+                except (httpx.HTTPError, ValueError) as exc:
+                    record = ReplayRecord(row.id, model, fingerprints[model], error=f"{type(exc).__name__}: {exc}")
+                sink.write(json.dumps(asdict(record)) + "\n")
+                sink.flush()
+                on_done(record)
 
-            await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+            async def measure(model: str, queue: list[PromptRow]) -> None:
+                async with slots:
+
+                    async def worker() -> None:
+                        while queue:
+                            await ask(queue.pop(0), model)
+
+                    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+            await asyncio.gather(*(measure(model, queue) for model, queue in todo.items() if queue))
 
 
 def _drop_torn_last_line(path: Path) -> None:
@@ -195,16 +200,20 @@ def replay(
     cache_path: Path,
     *,
     concurrency: int = 4,
+    models_at_once: int | None = None,
     timeout_s: float = 120.0,
     api_key: str | None = None,
     on_done: Callable[[ReplayRecord], None] = lambda record: None,
 ) -> dict[tuple[str, str], ReplayRecord]:
     """Run every missing (prompt, model) pair against ``url`` and return all successful records.
 
+    ``concurrency`` requests per model; at most ``models_at_once`` models at a time (None: all).
+
     Returns (prompt id, model) → record for the current fingerprints; pairs that failed are missing
     (their errors are in the cache file and in the ``on_done`` callbacks).
     """
-    asyncio.run(_replay(url, rows, fingerprints, cache_path, concurrency, timeout_s, api_key, on_done))
+    asyncio.run(_replay(url, rows, fingerprints, cache_path, concurrency, models_at_once, timeout_s, api_key,
+                        on_done))
     done = load_cache(cache_path)
     wanted = {(row.id, m): fp for row in rows for m, fp in fingerprints.items()}
     return {(pid, m): rec for (pid, m, fp), rec in done.items() if wanted.get((pid, m)) == fp}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -91,6 +92,10 @@ class FakeFleet(ThreadingHTTPServer):
         self.fail_body: bytes = json.dumps({"error": {"message": "engine died", "code": 500}}).encode()
         self.logprobs: list[float] = [-0.25, -0.5, -0.125]
         self.lock = threading.Lock()
+        self.delay_s = 0.0  # how long each request takes, so requests overlap
+        self.in_flight: Counter[str] = Counter()
+        self.peak_per_model: Counter[str] = Counter()
+        self.peak_models = 0
 
     @property
     def url(self) -> str:
@@ -122,6 +127,19 @@ class _Handler(BaseHTTPRequestHandler):
         with server.lock:
             server.requests.append((self.path, body, dict(self.headers)))
             calls = server.pairs()[key]
+            server.in_flight[body["model"]] += 1
+            server.peak_per_model[body["model"]] = max(server.peak_per_model[body["model"]],
+                                                       server.in_flight[body["model"]])
+            server.peak_models = max(server.peak_models, sum(n > 0 for n in server.in_flight.values()))
+        try:
+            time.sleep(server.delay_s)
+            self._answer(body, key, calls)
+        finally:
+            with server.lock:
+                server.in_flight[body["model"]] -= 1
+
+    def _answer(self, body: dict[str, Any], key: tuple[str, str], calls: int) -> None:
+        server = self.server
         if key in server.fail and calls <= server.fail_times:
             self._send(server.fail_status, server.fail_body)
             return
@@ -188,6 +206,20 @@ def test_replay_measures_every_pair(fleet: FakeFleet, tmp_path: Path) -> None:
     assert headers["Authorization"] == "Bearer sk-test"
     assert len(cache.read_text().splitlines()) == 8
     assert {k[:2]: v for k, v in load_cache(cache).items()} == records
+
+
+@pytest.mark.parametrize("models_at_once", [1, None])
+def test_each_model_gets_the_concurrency_and_models_at_once_bounds_the_overlap(
+    fleet: FakeFleet, tmp_path: Path, models_at_once: int | None
+) -> None:
+    """A CPU fleet times one model at a time (its engines share the cores); a GPU fleet all at once."""
+    fleet.delay_s = 0.05
+    rows = [PromptRow(id=f"q{i}", answer="0", grader="numeric", task="t", max_tokens=4,
+                      messages=(("user", f"question {i}"),)) for i in range(12)]
+    records = replay(fleet.url, rows, FPS, tmp_path / "replay.jsonl", concurrency=3, models_at_once=models_at_once)
+    assert len(records) == 24
+    assert fleet.peak_per_model == Counter({"small": 3, "large": 3})
+    assert fleet.peak_models == (1 if models_at_once == 1 else 2)
 
 
 def test_failures_are_cached_as_errors_and_retried_on_resume(fleet: FakeFleet, tmp_path: Path) -> None:
