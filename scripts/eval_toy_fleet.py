@@ -41,9 +41,9 @@ POLICIES = {"routing": "routing", "threshold_cascade": "threshold_cascade", "opt
 def _pick_lambdas(curve: list[dict[str, float]], budgets: list[float]) -> list[float]:
     """The lambda of each budget on a calibration curve: the best point within it (the paper's protocol).
 
-    Every policy is evaluated at the same budgets, spread evenly over the single models' cost range,
-    the range the AUC integrates over, so no policy's curve has a gap where another's has points. A
-    budget below the curve's cheapest point takes that point. Lambdas that repeat are run once.
+    Every policy is evaluated at the same budgets, spread evenly over the single models' cost range
+    (the range the AUC integrates over), so every policy is sampled over the same costs. A budget
+    below the curve's cheapest point takes that point. Lambdas that repeat are run once.
     """
     from estimators.calibration import lambda_for_budget
 
