@@ -108,7 +108,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
 
         # Replicas that share the machine's processor are timed one model at a time (cluster.replay).
         shared_processor = any(spec.on_cpu for spec in fleet.models)
-        records = replay(opts.url, rows, fingerprints, opts.out / "replay.jsonl", concurrency=opts.concurrency,
+        records = replay(opts.url, rows, fingerprints, cache, concurrency=opts.concurrency,
                          models_at_once=1 if shared_processor else None, api_key=opts.api_key, on_done=on_done)
         replay_s = time.perf_counter() - started
         grading = bar.add_task("grade answers", total=len(rows) * len(models))
