@@ -145,7 +145,8 @@ def _up(args: argparse.Namespace) -> int:
 
         def show(body: dict[str, Any]) -> None:
             models = body.get("models") or {}
-            status.update("waiting for models: " + ", ".join(f"{m} {v}" for m, v in models.items()))
+            status.update("waiting for models: " + ", ".join(f"{m} {v}" for m, v in models.items())
+                          + (f"; cost model {body['cost_model']}" if body.get("cost_model") else ""))
 
         wait_ready(url, args.timeout, show)
     console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")

@@ -77,6 +77,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
                 models = body.get("models") or {}
                 waited = time.perf_counter() - started
                 states = ", ".join(f"{m} {v}" for m, v in models.items())
+                states += f"; cost model {body['cost_model']}" if body.get("cost_model") else ""
                 status.update(f"[{waited:.0f} s] waiting for models: {states}")
 
             wait_ready(url, timeout_s, show)

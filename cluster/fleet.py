@@ -111,7 +111,8 @@ def fetch_health(base_url: str) -> tuple[int, dict[str, Any]]:
 def wait_ready(
     base_url: str, timeout_s: float, on_poll: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Poll ``/health`` until every model is ready; ``TimeoutError`` naming the laggards otherwise."""
+    """Poll ``/health`` until every model is ready and the controller's startup cost measurements were
+    redone on the complete fleet (``serve.probes``); ``TimeoutError`` naming the laggards otherwise."""
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -120,9 +121,11 @@ def wait_ready(
             on_poll(body)
         models = body.get("models") or {}
         if code == 200 and models and all(v == "ready" for v in models.values()):
-            return body
+            if body.get("cost_model") == "settled":
+                return body
         time.sleep(2.0)
-    waiting = [m for m, v in (body.get("models") or {}).items() if v != "ready"] or ["the controller"]
+    waiting = [m for m, v in (body.get("models") or {}).items() if v != "ready"] or [
+        "the cost model's settling probes" if body.get("cost_model") == "settling" else "the controller"]
     raise TimeoutError(f"not ready after {timeout_s:g} s: {', '.join(waiting)}")
 
 

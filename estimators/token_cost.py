@@ -45,6 +45,10 @@ class TokenCostModel:
     def knows(self, model: str) -> bool:
         return model in self.rates
 
+    def forget(self, model: str) -> None:
+        """Drop ``model``'s measurements: they were taken under conditions that no longer hold."""
+        self.rates.pop(model, None)
+
     def predict(self, query: QueryInfo, models: list[str], stages: dict[str, StageResult]) -> FloatArray:
         cost = np.empty(len(models))
         for i, model in enumerate(models):

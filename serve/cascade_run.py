@@ -224,7 +224,9 @@ async def run_cascade(
     # runs first" rule): sorted once by the ex-ante cost, so answered models stay a prefix of it.
     t0 = time.perf_counter()
     ante = cost.predict(query, candidates, {})
-    candidates = [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: (float(ante[i]), i))]
+    by_cost = sorted(range(len(candidates)), key=lambda i: (float(ante[i]), i))
+    ante_ms = {candidates[i]: round(float(ante[i]) * 1e3, 3) for i in by_cost}
+    candidates = [candidates[i] for i in by_cost]
     while True:
         ordered = [m for m in candidates if m not in failed]
         if not ordered:
@@ -328,6 +330,8 @@ async def run_cascade(
         "policy": knobs.policy,
         "lambda": knobs.lambda_,
         "max_depth": knobs.max_depth,
+        # Why this order: the ex-ante costs the policy saw, cheapest first (it runs models in this order).
+        "cost_estimates_gpu_ms": ante_ms,
         "stages": trace,
         "selected_stage": selected,
         "total_gpu_ms": total_gpu_ms,

@@ -13,10 +13,11 @@ cascade accepts, the selected answer is streamed as SSE chunks of about a word e
 that carries the ``cascade`` trace, then ``[DONE]``. A failure before the first byte is an ordinary
 error response; nothing can fail after it, since the answer is already complete.
 
-Readiness: at start a probe request measures each replica's per-token prefill and decode time (the
-cost model's first point); the cascade only uses replicas that answered a probe, and a replica whose
-stage fails is probed again before it is used again. Direct calls are always attempted (Serve queues
-them until the replica is up) and time out with 503 + Retry-After.
+Readiness (``serve.probes``): at start probe requests measure each replica's per-token prefill and
+decode time (the cost model's first point), and measure again once the whole fleet is up; the cascade
+only uses replicas that answered a probe, and a replica whose stage fails is probed again before it is
+used again. Direct calls are always attempted (Serve queues them until the replica is up) and time out
+with 503 + Retry-After.
 """
 
 from __future__ import annotations
@@ -38,18 +39,17 @@ from ray import serve
 from estimators.artifacts import load_artifacts
 from estimators.calibrated_quality import CalibratedQuality
 from estimators.logprob_quality import LogprobQuality
-from estimators.stage import CostEstimator, QualityEstimator
+from estimators.stage import CostEstimator, QualityEstimator, StageResult
 from estimators.token_cost import TokenCostModel
 from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade, stage_result
 from serve.errors import ApiError, error_body
+from serve.probes import PROBE_BODY, ReplicaProbes
 
 __all__ = ["CascadeController", "VIRTUAL_MODEL"]
 
 logger = logging.getLogger("ray.serve")
 
 VIRTUAL_MODEL = "cascade"
-PROBE_BODY = {"prompt": "Measure the prefill and decode time of this replica, token by token.",
-              "max_tokens": 16, "ignore_eos": True, "temperature": 0.0, "logprobs": 1}
 PROBE_RETRY_S = 2.0
 
 app = FastAPI(title="cascade-serve")
@@ -122,12 +122,12 @@ class CascadeController:
         else:
             self._quality = LogprobQuality()
             self._cost = TokenCostModel()
-        self._ready: dict[str, bool] = dict.fromkeys(models, False)
-        self._probing: set[str] = set()
         self._metrics = _Metrics()
         self._created = int(time.time())
+        self._probes = ReplicaProbes(self._model_ids, self._call, self._measure_probe,
+                                     timeout_s=self._timeout_s, retry_s=PROBE_RETRY_S)
         for model in self._model_ids:
-            self._start_probe(model)
+            self._probes.start(model)
 
     # -- replicas -------------------------------------------------------------------------------------
     async def _call(self, model: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -139,35 +139,17 @@ class CascadeController:
             response.cancel()  # a superseded or timed-out stage must free its engine slot
             raise
 
-    def _start_probe(self, model: str) -> None:
-        if model not in self._probing:
-            self._probing.add(model)
-            asyncio.get_running_loop().create_task(self._probe(model))
-
-    async def _probe(self, model: str) -> None:
-        """Until the replica answers: one short request, its timing feeds the cost model."""
-        body = {**PROBE_BODY, "model": model}
-        try:
-            while True:
-                try:
-                    response = await asyncio.wait_for(self._call(model, "completions", body), self._timeout_s)
-                    if "error" not in response:
-                        stage = stage_result(model, "completions", response)
-                        self._cost.observe(query_info("completions", body), stage)
-                        self._update_rate_gauges(model)
-                        self._ready[model] = True
-                        return
-                    logger.warning("probe of %s answered an error: %s", model, response["error"])
-                except Exception as exc:  # not up yet, or dead: try again
-                    logger.info("probe of %s failed (%s); retrying", model, type(exc).__name__)
-                await asyncio.sleep(PROBE_RETRY_S)
-        finally:
-            self._probing.discard(model)
+    def _measure_probe(self, stage: StageResult, replaces_startup: bool) -> None:
+        if replaces_startup and isinstance(self._cost, TokenCostModel):
+            # Its first point *is* its rate, so a skewed one must go. A calibrated model needs no
+            # reset: a probe moves its bounded correction by at most live_smoothing x the bound range.
+            self._cost.forget(stage.model)
+        self._cost.observe(query_info("completions", PROBE_BODY), stage)
+        self._update_rate_gauges(stage.model)
 
     def _on_stage_failure(self, model: str, exc: BaseException | ApiError) -> None:
         logger.warning("stage on %s failed: %s; re-probing it", model, exc)
-        self._ready[model] = False
-        self._start_probe(model)
+        self._probes.failed(model)
 
     def _update_rate_gauges(self, model: str) -> None:
         if isinstance(self._cost, TokenCostModel):
@@ -309,7 +291,7 @@ class CascadeController:
         stream_options = body.get("stream_options")
         if stream_options is not None and not isinstance(stream_options, dict):
             raise ApiError(400, "stream_options must be an object", param="stream_options")
-        ready = [m for m in (knobs.models or self._model_ids) if self._ready[m]]
+        ready = [m for m in (knobs.models or self._model_ids) if self._probes.ready[m]]
         outcome = await run_cascade(
             endpoint, body, ready, self._call, self._quality, self._cost, knobs,
             stage_timeout_s=self._timeout_s, on_stage_failure=self._on_stage_failure,
@@ -373,7 +355,7 @@ class CascadeController:
         return await self._complete("completions", request)
 
     def _model_card(self, model: str) -> dict[str, Any]:
-        ready = any(self._ready.values()) if model == VIRTUAL_MODEL else self._ready[model]
+        ready = any(self._probes.ready.values()) if model == VIRTUAL_MODEL else self._probes.ready[model]
         return {"id": model, "object": "model", "created": self._created, "owned_by": "cascade-serve", "ready": ready}
 
     @app.get("/v1/models")
@@ -397,9 +379,12 @@ class CascadeController:
 
     @app.get("/health")
     async def health(self) -> Response:
-        status = {m: ("ready" if ok else "starting") for m, ok in self._ready.items()}
-        ok = any(self._ready.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "models": status}, status_code=200 if ok else 503)
+        status = {m: ("ready" if ok else "starting") for m, ok in self._probes.ready.items()}
+        ok = any(self._probes.ready.values())
+        # "settling" until every replica's cost was measured with the whole fleet up (serve.probes).
+        cost = "settled" if self._probes.settled else "settling"
+        return JSONResponse({"status": "ok" if ok else "unavailable", "models": status, "cost_model": cost},
+                            status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics(self) -> Response:

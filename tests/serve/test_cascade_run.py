@@ -14,7 +14,7 @@ import pytest
 from estimators.logprob_quality import LogprobQuality
 from estimators.stage import StageResult
 from estimators.token_cost import ModelRates, TokenCostModel
-from serve.cascade_run import CascadeKnobs, parse_knobs, run_cascade
+from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade
 from serve.errors import ApiError
 
 MODELS = ["small", "medium", "large"]
@@ -111,6 +111,25 @@ def test_huge_lambda_stays_on_the_cheapest() -> None:
     out = _run(fleet, 1e9)
     assert [m for m, _ in fleet.calls] == ["small"]
     assert out.served_model == "small" and out.response["cascade"]["stages"][0]["decision"] == "accept"
+
+
+def test_trace_shows_the_ex_ante_costs_cheapest_first() -> None:
+    out = _run(FakeFleet(), 1e9)
+    estimates = out.response["cascade"]["cost_estimates_gpu_ms"]
+    assert list(estimates) == ["small", "medium", "large"]
+    _, cost = _estimators()
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 8}
+    expected = cost.predict(query_info("chat", body), MODELS, {})
+    assert list(estimates.values()) == [round(float(c) * 1e3, 3) for c in expected]
+
+
+def test_forgotten_model_has_no_cost_until_measured_again() -> None:
+    _, cost = _estimators()
+    cost.forget("small")
+    assert not cost.knows("small") and cost.knows("large")
+    with pytest.raises(ValueError, match="no cost measurement for model 'small'"):
+        cost.predict(_query(), ["small"], {})
+    cost.forget("never-measured")  # no error: nothing to drop
 
 
 def test_routing_policy_runs_exactly_one_model_and_depth_caps_stages() -> None:

@@ -105,7 +105,10 @@ def test_cascade_with_lambda_zero_escalates_to_the_strongest(client: Any) -> Non
     reply = raw.parse()
     trace = reply.model_extra["cascade"]
     stages = trace["stages"]
-    assert [s["model"] for s in stages] == ["tiny-small", "tiny-large"]
+    # Cheapest first, by the live measurements: which tiny model that is depends on the machine's
+    # load (on 2 shared cores their per-token times are within noise of each other at times).
+    assert [s["model"] for s in stages] == list(trace["cost_estimates_gpu_ms"])
+    assert sorted(trace["cost_estimates_gpu_ms"]) == ["tiny-large", "tiny-small"]
     assert [s["decision"] for s in stages] == ["escalate", "accept"]
     best = max(stages, key=lambda s: s["quality_post_hoc"])
     assert reply.model == best["model"] == stages[trace["selected_stage"]]["model"]
@@ -122,9 +125,11 @@ def test_cascade_with_huge_lambda_stays_on_the_cheapest(client: Any) -> None:
     reply = client.chat.completions.create(
         model="cascade", messages=CHAT, max_tokens=8, extra_body={"cascade": {"lambda": 1e9}}
     )
-    stages = reply.model_extra["cascade"]["stages"]
-    assert [(s["model"], s["decision"]) for s in stages] == [("tiny-small", "accept")]
-    assert reply.model == "tiny-small"
+    trace = reply.model_extra["cascade"]
+    cheapest = min(trace["cost_estimates_gpu_ms"], key=trace["cost_estimates_gpu_ms"].get)
+    assert list(trace["cost_estimates_gpu_ms"])[0] == cheapest
+    assert [(s["model"], s["decision"]) for s in trace["stages"]] == [(cheapest, "accept")]
+    assert reply.model == cheapest
 
 
 def test_cascade_completions_endpoint(client: Any) -> None:
@@ -154,7 +159,8 @@ def test_cascade_streams_the_accepted_answer_with_usage_and_trace(client: Any) -
     assert len({c.id for c in chunks}) == 1
     last = chunks[-1]
     assert last.choices == [] and last.usage.total_tokens == whole.usage.total_tokens
-    assert [s["model"] for s in last.model_extra["cascade"]["stages"]] == ["tiny-small", "tiny-large"]
+    trace = last.model_extra["cascade"]
+    assert [s["model"] for s in trace["stages"]] == list(trace["cost_estimates_gpu_ms"])
     no_usage = list(client.chat.completions.create(**kwargs, stream=True))
     assert all(c.usage is None for c in no_usage)
 
@@ -208,15 +214,19 @@ def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
     assert httpx.get(fleet_url + "/v1/models", timeout=30).status_code == 401
     health = httpx.get(fleet_url + "/health", timeout=30)
     assert health.status_code == 200 and health.json()["models"] == {"tiny-small": "ready", "tiny-large": "ready"}
+    assert health.json()["cost_model"] == "settled"  # the fixture's wait_ready waited for it
 
 
-def test_metrics_count_requests_stages_and_cost(fleet_url: str) -> None:
+def test_metrics_count_requests_stages_and_cost(fleet_url: str, client: Any) -> None:
     import httpx
 
+    reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8,
+                                           extra_body={"cascade": {"lambda": 0}})
+    first, second = (s["model"] for s in reply.model_extra["cascade"]["stages"])
     text = httpx.get(fleet_url + "/metrics", timeout=30).text
     assert 'cascade_requests_total{outcome="ok",route="chat",served_model="tiny-small"}' in text
-    assert 'cascade_stage_calls_total{decision="escalate",model="tiny-small"}' in text
-    assert 'cascade_escalations_total{from_model="tiny-small",to_model="tiny-large"}' in text
+    assert f'cascade_stage_calls_total{{decision="escalate",model="{first}"}}' in text
+    assert f'cascade_escalations_total{{from_model="{first}",to_model="{second}"}}' in text
     assert "cascade_request_gpu_seconds_bucket" in text
     assert 'cascade_cost_model_seconds_per_token{model="tiny-large",phase="decode"}' in text
 
