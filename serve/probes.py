@@ -9,8 +9,9 @@ another engine was still loading (weights, KV cache, profiling) shares the machi
 bandwidth with it. On a 2-core CPU fleet this inflated the small model's per-token time past the large
 one's, so the cost ranking, and with it the cascade's order, came out backwards. So the first
 measurements are provisional: once every replica has answered, each model measured before that is
-measured again, one model at a time, and those measurements replace the startup ones. A replica that
-is probed later (it failed a stage and came back) is measured on the running fleet already.
+measured again, one model at a time: the first of these replaces the startup measurement, the others
+average in. A replica that is probed later (it failed a stage and came back) is measured on the
+running fleet already.
 """
 
 from __future__ import annotations
