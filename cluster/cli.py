@@ -133,7 +133,7 @@ def _up(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cluster.config import FleetConfig
-    from cluster.fleet import connect, deploy, wait_ready
+    from cluster.fleet import connect, deploy, health_summary, wait_ready
 
     FleetConfig.from_file(args.file)  # a bad file fails here, before any cluster work
     console = Console(stderr=True)
@@ -144,9 +144,7 @@ def _up(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}"
 
         def show(body: dict[str, Any]) -> None:
-            models = body.get("models") or {}
-            status.update("waiting for models: " + ", ".join(f"{m} {v}" for m, v in models.items())
-                          + (f"; cost model {body['cost_model']}" if body.get("cost_model") else ""))
+            status.update("waiting for models: " + health_summary(body))
 
         wait_ready(url, args.timeout, show)
     console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")

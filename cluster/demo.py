@@ -38,7 +38,7 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
     from rich.table import Table
 
     from cluster.config import FleetConfig
-    from cluster.fleet import connect, deploy, wait_ready
+    from cluster.fleet import connect, deploy, health_summary, wait_ready
     from cluster.tiny_models import TINY_FLEET, build_tiny_model
     from estimators.graders import numeric_match
 
@@ -74,11 +74,8 @@ def run_demo(fleet_path: Path, *, port: int, timeout_s: float, toy: bool = False
             url = f"http://127.0.0.1:{port}"
 
             def show(body: dict[str, Any]) -> None:
-                models = body.get("models") or {}
                 waited = time.perf_counter() - started
-                states = ", ".join(f"{m} {v}" for m, v in models.items())
-                states += f"; cost model {body['cost_model']}" if body.get("cost_model") else ""
-                status.update(f"[{waited:.0f} s] waiting for models: {states}")
+                status.update(f"[{waited:.0f} s] waiting for models: {health_summary(body)}")
 
             wait_ready(url, timeout_s, show)
             console.print(f"fleet ready in {time.perf_counter() - started:.0f} s at {url}/v1")

@@ -23,7 +23,9 @@ from typing import Any
 
 from cluster.config import FleetConfig
 
-__all__ = ["APP_NAME", "ENGINE_ENV", "connect", "deploy", "fetch_health", "shutdown_app", "wait_ready"]
+__all__ = [
+    "APP_NAME", "ENGINE_ENV", "connect", "deploy", "fetch_health", "health_summary", "shutdown_app", "wait_ready",
+]
 
 APP_NAME = "cascade"
 
@@ -106,6 +108,12 @@ def fetch_health(base_url: str) -> tuple[int, dict[str, Any]]:
             return err.code, {}
     except (OSError, ValueError):
         return 0, {}
+
+
+def health_summary(body: dict[str, Any]) -> str:
+    """A ``/health`` body in one line: ``tiny-small ready, tiny-large starting; cost model settling``."""
+    text = ", ".join(f"{m} {v}" for m, v in (body.get("models") or {}).items())
+    return text + (f"; cost model {body['cost_model']}" if body.get("cost_model") else "")
 
 
 def wait_ready(

@@ -112,3 +112,11 @@ def test_eval_routerbench_unknown_model_name_exits_2(capsys: pytest.CaptureFixtu
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gpt-9" in err[0], err
+
+
+def test_health_summary_names_every_model_state_and_the_cost_model() -> None:
+    from cluster.fleet import health_summary
+
+    body = {"status": "ok", "models": {"tiny-small": "ready", "tiny-large": "starting"}, "cost_model": "settling"}
+    assert health_summary(body) == "tiny-small ready, tiny-large starting; cost model settling"
+    assert health_summary({}) == ""
