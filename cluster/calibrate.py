@@ -23,6 +23,7 @@ import numpy as np
 
 from cluster.config import FleetConfig
 from cluster.fingerprint import fleet_fingerprints
+from routing import BudgetUnreachableError
 
 __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"]
 
@@ -66,7 +67,11 @@ def parse_budget(text: str, strongest_gpu_s: float) -> float:
 
 
 def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
-    """Run the whole calibration; returns the summary written to ``OUT/calibration.json``."""
+    """Run the whole calibration; returns the summary written to ``OUT/calibration.json``.
+
+    A ``--budget`` below the cheapest setting raises ``BudgetUnreachableError`` after the artifacts are
+    written (their budget has ``lambda: null`` and the ``cheapest_gpu_s`` to ask for instead).
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from sklearn.model_selection import train_test_split
@@ -83,6 +88,8 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
 
     console = Console(stderr=True, quiet=opts.quiet)
     started = time.perf_counter()
+    if opts.budget is not None:
+        parse_budget(opts.budget, 1.0)  # a malformed --budget fails now, not after the replay
     fleet = FleetConfig.from_file(opts.fleet_file)
     rows = load_prompt_set(opts.prompts, default_grader=opts.grader, default_max_tokens=opts.max_tokens)
     fingerprints = fleet_fingerprints(fleet)
@@ -169,10 +176,17 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
         for j, m in enumerate(table.models)
     }
     budget: dict[str, Any] | None = None
+    unreachable: BudgetUnreachableError | None = None
     if opts.budget is not None:
         b = parse_budget(opts.budget, float(model_gpu_s.max()))
         policy = "optimal_cascade" if fleet.cascade.policy == "cascade" else fleet.cascade.policy
-        point = lambda_for_budget(curves[policy], b)
+        try:
+            point: dict[str, Any] = lambda_for_budget(curves[policy], b)
+        except BudgetUnreachableError as exc:
+            # The fit is kept (saved below, the budget marked out of reach): a reachable
+            # cascade.budget_gpu_s is then served from these curves without calibrating again.
+            unreachable = exc
+            point = {"lambda": None, "cheapest_gpu_s": exc.cheapest_cost}
         budget = {"budget_gpu_s": b, "policy": policy, **point}
     kinds = Counter(table.answer_kinds or ())
     summary: dict[str, Any] = {
@@ -195,7 +209,24 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     }
     save_artifacts(opts.out, summary, quality, cost)
     plot_quality_cost(report, opts.out / "pareto.png", title=f"{opts.prompts.name}: held-out test prompts")
+    if unreachable is not None:
+        cheapest = unreachable.cheapest_cost
+        at_least = _round_up(cheapest)  # the figure the user copies must itself be reachable
+        percent = math.ceil(100 * cheapest / float(model_gpu_s.max()))
+        raise BudgetUnreachableError(
+            f"--budget {opts.budget}: {unreachable}. The estimators and lambda curves are saved in {opts.out}: "
+            f"serve them with cascade.budget_gpu_s >= {at_least:g} in the fleet file, or run again with "
+            f"--budget {at_least:g} or more ({percent}% of the costliest model; the replay is cached, only "
+            "the fit runs again)",
+            cheapest_cost=cheapest,
+        )
     return summary
+
+
+def _round_up(value: float, digits: int = 4) -> float:
+    """``value`` rounded up to ``digits`` significant digits."""
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:

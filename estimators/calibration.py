@@ -37,7 +37,7 @@ from estimators.calibrated_quality import SERVING_TASK
 from estimators.graders import grade, load_grader
 from estimators.prompt_set import PromptRow
 from estimators.routerbench import ANSWER_STATS, RouterBenchTable
-from routing import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy, rollout
+from routing import CONSTANT_LAMBDA_POLICIES, BudgetUnreachableError, constant_lambda_policy, rollout
 
 __all__ = ["GRADER_KINDS", "GradedTable", "build_table", "lambda_curves", "lambda_for_budget", "split_rows"]
 
@@ -139,13 +139,15 @@ def lambda_curves(
 def lambda_for_budget(curve: Sequence[dict[str, float]], budget: float) -> dict[str, float]:
     """The point of a lambda curve with the best quality whose cost is within ``budget``.
 
-    Raises ValueError when every point costs more than the budget (a budget below the cheapest model).
+    Raises ``BudgetUnreachableError`` (a ValueError carrying ``cheapest_cost``) when every point costs
+    more than the budget (a budget below the cheapest model).
     """
     if not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"the budget must be a positive number of GPU-seconds per query, got {budget!r}")
     within = [p for p in curve if p["cost"] <= budget]
     if not within:
         cheapest = min(p["cost"] for p in curve)
-        raise ValueError(f"budget {budget:.6g} GPU-s per query is below the cheapest setting "
-                         f"({cheapest:.6g} GPU-s per query on the calibration prompts)")
+        raise BudgetUnreachableError(f"budget {budget:.6g} GPU-s per query is below the cheapest setting "
+                                     f"({cheapest:.6g} GPU-s per query on the calibration prompts)",
+                                     cheapest_cost=cheapest)
     return max(within, key=lambda p: (p["quality"], -p["cost"]))

@@ -21,7 +21,7 @@ from estimators.calibration import (
     split_rows,
 )
 from estimators.prompt_set import PromptRow
-from routing import CONSTANT_LAMBDA_POLICIES, TableEstimates
+from routing import CONSTANT_LAMBDA_POLICIES, BudgetUnreachableError, TableEstimates
 
 # -- grader hooks, imported by name as a prompt file names them ------------------------------------
 
@@ -296,8 +296,10 @@ def test_lambda_for_budget_takes_the_best_quality_within_budget(budget: float, e
 
 
 def test_lambda_for_budget_below_the_cheapest_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"budget 0\.4 GPU-s per query is below the cheapest setting \(0\.5 GPU-s"):
+    with pytest.raises(BudgetUnreachableError,
+                       match=r"budget 0\.4 GPU-s per query is below the cheapest setting \(0\.5 GPU-s") as err:
         lambda_for_budget(CURVE, 0.4)
+    assert err.value.cheapest_cost == 0.5  # what `cascade calibrate` tells the user to ask for instead
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="the budget must be a positive number"):
             lambda_for_budget(CURVE, bad)
