@@ -5,6 +5,7 @@ through HTTP with the unchanged OpenAI SDK. One app per test session (cold start
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Iterator
@@ -271,10 +272,12 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
 ) -> None:
     """`cascade calibrate` on the live fleet, then the controller redeployed with its artifacts."""
     from cluster.calibrate import QUALITY_PARAMS, CalibrateOptions, run_calibrate
-    from cluster.config import FleetConfig
+    from cluster.config import ConfigError, FleetConfig
     from cluster.fingerprint import fleet_fingerprints
     from cluster.fleet import deploy, wait_ready
     from estimators.artifacts import ArtifactsError, load_artifacts
+    from routing import BudgetUnreachableError
+    from serve.app import fleet_app
 
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     for entry in data["models"]:
@@ -303,15 +306,26 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
         prompts=prompts,
         out=out,
         url=fleet_url,
-        budget="60%",
+        budget="1%",  # below the cheapest model: refused, but the replay and the fit are kept
         concurrency=2,
         api_key=API_KEY,
         bootstrap=20,
         quiet=True,
     )
-    summary = run_calibrate(opts)
+    with pytest.raises(BudgetUnreachableError, match=r"--budget 1%: budget .* is below the cheapest setting") as err:
+        run_calibrate(opts)
     cache = (out / "replay.jsonl").read_text().splitlines()
     assert len(cache) == 60 and all(json.loads(line)["error"] is None for line in cache)
+    fleet = FleetConfig.from_file(fleet_file)
+    kept = load_artifacts(out, fleet_fingerprints(fleet)).summary["budget"]
+    assert kept["lambda"] is None and kept["cheapest_gpu_s"] == err.value.cheapest_cost
+    with pytest.raises(ConfigError, match=r"cascade\.artifacts: the calibrated budget .* below the cheapest"):
+        fleet_app(fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"artifacts": out,
+                                                                                         "lambda_": None})}))
+
+    # A reachable budget (the costliest model's own cost): the replay is cached, only the fit runs.
+    summary = run_calibrate(dataclasses.replace(opts, budget="100%"))
+    assert len((out / "replay.jsonl").read_text().splitlines()) == 60
     assert summary["models"] == ["tiny-small", "tiny-large"]  # cost order, measured
     small, large = (summary["per_model"][m] for m in summary["models"])
     assert 0 < small["gpu_s_per_query"] < large["gpu_s_per_query"]
@@ -323,11 +337,6 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     )
     assert (out / "pareto.png").stat().st_size > 0
 
-    # Resumable: a second run finds every pair in the cache and sends nothing.
-    run_calibrate(opts)
-    assert len((out / "replay.jsonl").read_text().splitlines()) == 60
-
-    fleet = FleetConfig.from_file(fleet_file)
     fingerprints = fleet_fingerprints(fleet)
     quality = load_artifacts(out, fingerprints).quality
     assert quality.get_params()["n_shape_features"] == QUALITY_PARAMS["n_shape_features"]
