@@ -148,8 +148,8 @@ def _lambda(fleet: FleetConfig) -> float:
                                  f"{policy!r}; give cascade.budget_gpu_s or cascade.lambda")
         if budget["lambda"] is None:
             raise ArtifactsError(f"the calibrated budget {budget['budget_gpu_s']:.4g} GPU-s per query is below the "
-                                 f"cheapest setting ({budget['cheapest_gpu_s']:.4g}); give cascade.budget_gpu_s "
-                                 "(at least that) or cascade.lambda")
+                                 f"cheapest setting ({budget['cheapest_gpu_s']:.6g}); give a larger "
+                                 "cascade.budget_gpu_s, or cascade.lambda")
         return float(budget["lambda"])
     except ArtifactsError as exc:
         raise ConfigError("<fleet>", [f"cascade.artifacts: {exc}"]) from None
