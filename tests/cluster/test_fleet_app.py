@@ -154,4 +154,3 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
         assert app._bound_deployment.version is None  # the controller restarts with its settings
     finally:
         ray.shutdown()
-

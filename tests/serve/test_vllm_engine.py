@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ def _in_process_llm(vllm: Any, model: Path) -> Iterator[Any]:
 
     Otherwise its gloo process group and the objects ``LLM`` moves to GC's permanent generation live
     until interpreter exit and are finalised in whatever order the interpreter picks. CI once passed
-    every test and then died with SIGSEGV at exit (exit 139, not reproduced in 12 local runs); this
+    every test and then died with SIGSEGV at exit (exit 139, not reproduced in 13 local runs); this
     engine was the only native runtime the tests left running, the Ray drivers being shut down.
     """
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
@@ -59,8 +58,7 @@ def _in_process_llm(vllm: Any, model: Path) -> Iterator[Any]:
     finally:
         llm.llm_engine.engine_core.shutdown()
         del llm
-        cleanup_dist_env_and_memory()  # destroys the process group, unfreezes and collects
-        gc.collect()
+        cleanup_dist_env_and_memory()  # destroys the process group, unfreezes GC and collects
 
 
 def test_vllm_generates_with_logprobs_and_chat_template(
