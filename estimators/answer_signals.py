@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from estimators.graders import _extract_choice, _final_answer, _normalise_math, _parse_number
+from estimators import answers
 
 __all__ = [
     "AnswerSignals", "answer_signals", "answer_stats", "choice_options", "code_tokens", "extract_choice",
@@ -63,7 +63,7 @@ class AnswerSignals:
     log_length : ndarray of shape (n_queries, n_models)
         ``log(1 + number of characters)`` of the response.
     stats : ndarray of shape (n_queries, n_models, n_stats)
-        The engine's signals of each answer (``RouterBenchTable.answer_stats`` columns); zeros when
+        The engine's signals of each answer (``QueryModelTable.answer_stats`` columns); zeros when
         none were recorded.
     """
 
@@ -152,7 +152,7 @@ def answer_signals(
         How each query's answers are compared; by default detected from the prompt (a multiple-choice
         instruction, else code).
     stats : ndarray of shape (n_queries, n_models, n_stats), optional
-        The engine's per-answer signals, passed through (``RouterBenchTable.answer_stats``).
+        The engine's per-answer signals, passed through (``QueryModelTable.answer_stats``).
 
     Returns
     -------
@@ -181,7 +181,7 @@ def answer_signals(
             agreement[r] = [[a is not None and a == b for b in finals] for a in finals]
         elif options is not None or kind == "choice":
             # Without RouterBench's option line, letters are read as the ``choice`` grader reads them.
-            letters = [extract_choice(s, options) if options is not None else _extract_choice(s) for s in row]
+            letters = [extract_choice(s, options) if options is not None else answers.extract_choice(s) for s in row]
             codes = np.array([-1 if c is None else ord(c) for c in letters])
             extracted[r] = codes >= 0
             agreement[r] = (codes[:, None] == codes[None, :]) & (codes[:, None] >= 0)
@@ -210,16 +210,16 @@ def answer_signals(
 def final_answer(response: str) -> str | None:
     """The final answer of a response as a comparable key: its value for a number, else normalised text.
 
-    None for an empty response. Extraction is the graders' (``estimators.graders``), so two answers
+    None for an empty response. Extraction is the graders' (``estimators.answers``), so two answers
     agree exactly when ``numeric_match`` would score one against the other.
     """
     if not response.strip():
         return None
-    span = _final_answer(response)
-    value = _parse_number(span)
+    span = answers.final_answer(response)
+    value = answers.parse_number(span)
     if value is not None:
         return f"#{value}"
-    text = _normalise_math(span).lower()
+    text = answers.normalise_math(span).lower()
     return text or None
 
 
@@ -232,7 +232,7 @@ _LOGPROB_FLOOR = -30.0
 
 
 def answer_stats(token_logprobs: Sequence[float], finish_reason: str | None) -> FloatArray:
-    """The engine's signals of one answer, in the columns of ``RouterBenchTable.answer_stats``.
+    """The engine's signals of one answer, in the columns of ``QueryModelTable.answer_stats``.
 
     Token log-probability mean, minimum and 10th percentile (floored at -30; all at the floor for an
     empty answer), and 1.0 when the answer stopped at ``max_tokens`` (``finish_reason == "length"``).

@@ -17,14 +17,16 @@ engine arguments changed, a model added or removed), naming the models.
 from __future__ import annotations
 
 import json
+import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from estimators.calibration import lambda_for_budget
+from routing import BudgetUnreachableError
 
-__all__ = ["ARTIFACT_VERSION", "Artifacts", "ArtifactsError", "load_artifacts", "save_artifacts"]
+__all__ = ["ARTIFACT_VERSION", "Artifacts", "ArtifactsError", "lambda_for_budget", "load_artifacts", "save_artifacts"]
 
 # 2: the prompt features gained a digit-masked block, which estimators pickled by version 1 lack.
 ARTIFACT_VERSION = 2
@@ -97,3 +99,20 @@ def load_artifacts(folder: str | Path, fingerprints: dict[str, str] | None = Non
             f"{folder / ESTIMATORS}: unreadable ({type(exc).__name__}: {exc}); calibrate again"
         ) from None
     return Artifacts(summary=summary, quality=payload["quality"], cost=payload["cost"])
+
+
+def lambda_for_budget(curve: Sequence[dict[str, float]], budget: float) -> dict[str, float]:
+    """The point of a lambda curve with the best quality whose cost is within ``budget``.
+
+    Raises ``BudgetUnreachableError`` (a ValueError carrying ``cheapest_cost``) when every point costs
+    more than the budget (a budget below the cheapest model).
+    """
+    if not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"the budget must be a positive number of GPU-seconds per query, got {budget!r}")
+    within = [p for p in curve if p["cost"] <= budget]
+    if not within:
+        cheapest = min(p["cost"] for p in curve)
+        raise BudgetUnreachableError(f"budget {budget:.6g} GPU-s per query is below the cheapest setting "
+                                     f"({cheapest:.6g} GPU-s per query on the calibration prompts)",
+                                     cheapest_cost=cheapest)
+    return max(within, key=lambda p: (p["quality"], -p["cost"]))

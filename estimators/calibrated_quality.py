@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from estimators.answer_signals import answer_signals, answer_stats
-from estimators.routerbench import ANSWER_STATS
 from estimators.stage import QueryInfo, StageResult
+from estimators.table import ANSWER_STATS
 from estimators.trained_quality import PreparedQueries, TrainedQualityEstimator
 
 __all__ = ["SERVING_TASK", "CalibratedQuality"]

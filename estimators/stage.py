@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CostEstimator", "QualityEstimator", "QueryInfo", "StageResult"]
+__all__ = [
+    "DEFAULT_MAX_TOKENS_FOR_COST", "LOGPROB_FLOOR", "CostEstimator", "QualityEstimator", "QueryInfo", "StageResult",
+]
 
 FloatArray = NDArray[np.float64]
+
+# Cost estimates need an answer length; OpenAI's own default for max_tokens is "up to the context".
+DEFAULT_MAX_TOKENS_FOR_COST = 256
+# A token the sampler forced can carry logprob -inf, and engines may send NaN: both would poison a
+# mean and neither survives JSON, so they are floored here, once, for every reader.
+LOGPROB_FLOOR = -1e4
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +39,26 @@ class QueryInfo:
     text: str
     prompt_tokens: int
     max_tokens: int
+
+    @classmethod
+    def from_request(cls, endpoint: str, body: dict[str, Any]) -> QueryInfo:
+        """Text and size of an OpenAI request body (``endpoint``: ``"chat"`` or ``"completions"``), before
+        any replica tokenized it (characters / 4 per token)."""
+        if endpoint == "chat":
+            messages = body.get("messages")
+            parts = []
+            for m in messages if isinstance(messages, list) else []:
+                content = m.get("content") if isinstance(m, dict) else None
+                if isinstance(content, str):
+                    parts.append(content)
+                elif isinstance(content, list):
+                    parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            text = "\n".join(parts)
+        else:
+            prompt = body.get("prompt")
+            text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt)) if isinstance(prompt, list) else ""
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS_FOR_COST
+        return cls(text=text, prompt_tokens=len(text) // 4 + 1, max_tokens=int(max_tokens))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +75,33 @@ class StageResult:
     text: str = ""  # the answer, for estimators that compare answers
     finish_reason: str | None = None
 
+    @classmethod
+    def from_response(cls, model: str, endpoint: str, response: dict[str, Any]) -> StageResult:
+        """The one parser of what a replica answered and its engine measured (an OpenAI response body
+        with vLLM's per-request ``metrics``): tokens, first choice's text, finish reason and token
+        logprobs (floored at ``LOGPROB_FLOOR``), queue / prefill / decode seconds."""
+        usage = response.get("usage") or {}
+        metrics = response.get("metrics") or {}
+        choice = (response.get("choices") or [{}])[0]
+        logprobs = choice.get("logprobs") or {}
+        if endpoint == "chat":
+            content = (choice.get("message") or {}).get("content")
+            raw = [t.get("logprob") for t in logprobs.get("content") or []]
+        else:
+            content = choice.get("text")
+            raw = logprobs.get("token_logprobs") or []  # the prompt's first token has None
+        return cls(
+            model=model,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            token_logprobs=tuple(_floored(x) for x in raw if x is not None),
+            queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
+            prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
+            decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
+            text=content if isinstance(content, str) else "",
+            finish_reason=choice.get("finish_reason"),
+        )
+
     @property
     def gpu_s(self) -> float:
         """Accelerator time of this answer: prefill plus decode, queueing excluded."""
@@ -58,6 +113,11 @@ class StageResult:
         if not self.token_logprobs:
             return -math.inf
         return float(np.mean(self.token_logprobs))
+
+
+def _floored(x: Any) -> float:
+    value = float(x)
+    return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR  # NaN compares False: floored too
 
 
 class QualityEstimator(Protocol):

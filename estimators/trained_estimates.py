@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from estimators.routerbench import RouterBenchTable
+from estimators.table import QueryModelTable
 from routing import Estimates
 
 if TYPE_CHECKING:
@@ -125,10 +125,10 @@ class TrainedEstimates:
         self._cache = _StateCache(k) if _cache is None else _cache
 
     @classmethod
-    def from_estimator(cls, estimator: TrainedQualityEstimator, table: RouterBenchTable) -> TrainedEstimates:
-        """The source over every query of ``table`` (whose ``cost_usd`` are the measured costs)."""
+    def from_estimator(cls, estimator: TrainedQualityEstimator, table: QueryModelTable) -> TrainedEstimates:
+        """The source over every query of ``table`` (whose ``cost`` are the measured costs)."""
         prepared = estimator.prepare(table)
-        return cls(estimator, prepared, estimator.ante_cost(table), np.asarray(table.cost_usd, dtype=np.float64))
+        return cls(estimator, prepared, estimator.ante_cost(table), np.asarray(table.cost, dtype=np.float64))
 
     @property
     def n_queries(self) -> int:

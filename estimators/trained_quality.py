@@ -55,7 +55,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from estimators.answer_signals import AnswerSignals, answer_signals
 from estimators.per_model_classifier import PerModelClassifier
-from estimators.routerbench import RouterBenchTable
+from estimators.table import QueryModelTable
 from estimators.text_features import PromptFeatures
 from routing import clark_expected_max
 
@@ -183,12 +183,12 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         self.random_state = random_state
 
     # -- fitting ------------------------------------------------------------------------------------
-    def fit(self, X: RouterBenchTable, y: None = None) -> TrainedQualityEstimator:
+    def fit(self, X: QueryModelTable, y: None = None) -> TrainedQualityEstimator:
         """Fit every estimator on the training queries ``X``.
 
         Parameters
         ----------
-        X : RouterBenchTable
+        X : QueryModelTable
             Training queries with responses (``load_routerbench`` keeps them), 0/1 quality and cost of
             every model. Never pass rows that will be scored.
         y : None
@@ -243,7 +243,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
                             x[keep], y_i[keep], self.post_C
                         )
 
-        cost = np.asarray(table.cost_usd)
+        cost = np.asarray(table.cost)
         self.cost_model_ = LinearRegression().fit(self._cost_features(table.prompts, task), cost)
         self.cost_floor_ = cost.min(axis=0)
         self.train_ = train
@@ -258,7 +258,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         return self
 
     # -- prediction -------------------------------------------------------------------------------
-    def prepare(self, X: RouterBenchTable) -> PreparedQueries:
+    def prepare(self, X: QueryModelTable) -> PreparedQueries:
         """Ex-ante logits, task one-hot and answer signals of new queries (their models must match)."""
         check_is_fitted(self)
         table = _check_table(X, min_rows=1)
@@ -291,7 +291,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         rows, answered = _check_state(rows, answered, prepared.n_queries, len(self.models_))
         return _predict(self.post_coef_[None], self.post_intercept_[None], prepared, rows, answered)
 
-    def ante_cost(self, X: RouterBenchTable) -> FloatArray:
+    def ante_cost(self, X: QueryModelTable) -> FloatArray:
         """Ex-ante cost estimate (USD) of every model, shape (n_queries, n_models)."""
         check_is_fitted(self)
         table = _check_table(X, min_rows=1, need_responses=False)
@@ -373,10 +373,10 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
                 sq_err[g] += float(np.mean((e_max - realized) ** 2))
         return float(_SCALE_GRID[int(np.argmin(sq_err))])
 
-    def estimate_source(self, X: RouterBenchTable) -> Any:
+    def estimate_source(self, X: QueryModelTable) -> Any:
         """An :class:`~routing.EstimateSource` over the queries of ``X`` (see ``TrainedEstimates``).
 
-        Post-hoc costs are ``X.cost_usd`` (what a model that ran cost); ex-ante costs come from
+        Post-hoc costs are ``X.cost`` (what a model that ran cost); ex-ante costs come from
         :meth:`ante_cost`.
         """
         from estimators.trained_estimates import TrainedEstimates
@@ -456,9 +456,9 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         answered[:, i] = own
         return rows, answered
 
-def _check_table(X: Any, *, min_rows: int, need_responses: bool = True) -> RouterBenchTable:
-    if not isinstance(X, RouterBenchTable):
-        raise ValueError(f"X must be a RouterBenchTable (load_routerbench), got {type(X).__name__}")
+def _check_table(X: Any, *, min_rows: int, need_responses: bool = True) -> QueryModelTable:
+    if not isinstance(X, QueryModelTable):
+        raise ValueError(f"X must be a QueryModelTable (load_routerbench), got {type(X).__name__}")
     if need_responses and X.responses is None:
         raise ValueError("the table has no responses: the trained estimators read the models' answers")
     if X.n_queries < min_rows:
@@ -466,16 +466,16 @@ def _check_table(X: Any, *, min_rows: int, need_responses: bool = True) -> Route
     return X
 
 
-def _responses(table: RouterBenchTable) -> tuple[tuple[str, ...], ...]:
+def _responses(table: QueryModelTable) -> tuple[tuple[str, ...], ...]:
     assert table.responses is not None  # _check_table guarantees it
     return table.responses
 
 
-def _n_stats(table: RouterBenchTable) -> int:
+def _n_stats(table: QueryModelTable) -> int:
     return 0 if table.answer_stats is None else int(table.answer_stats.shape[2])
 
 
-def _signals(table: RouterBenchTable) -> AnswerSignals:
+def _signals(table: QueryModelTable) -> AnswerSignals:
     return answer_signals(table.prompts, _responses(table), kinds=table.answer_kinds, stats=table.answer_stats)
 
 

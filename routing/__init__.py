@@ -1,27 +1,14 @@
 """Cascade routing (Dekoninck, Baader, Vechev, ICML 2025): pure numpy/scipy decision core.
 
 Routing, cascades and cascade routing behind one decision interface, their fitting to an average
-cost budget, fast simulation over a table of queries, and the paper's evaluation (budget grid, AUC,
-bootstrap). Nothing here imports Ray, vLLM, torch, pydantic or scikit-learn.
+cost budget, and fast simulation over a table of queries (the paper's evaluation metrics live in
+``evaluation.metrics``). Nothing here imports Ray, vLLM, torch, pydantic or scikit-learn.
 """
 
 from routing._base import NotFittedError, Policy, check_is_fitted
 from routing._cascade_router import CascadeRouter, OptimalCascade
 from routing._constant_lambda import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy
 from routing._estimates import Estimates, EstimateSource, TableEstimates
-from routing._evaluation import (
-    AucRange,
-    ConfidenceInterval,
-    area_under_curve,
-    auc_range,
-    bootstrap_auc,
-    bootstrap_indices,
-    budget_grid,
-    hull_models,
-    linear_interpolation_curve,
-    paired_difference,
-    single_model_points,
-)
 from routing._expected_max import clark_expected_max, expected_max
 from routing._lambda_search import BudgetUnreachableError, LambdaFit, fit_lambdas
 from routing._routing_lp import Router
@@ -31,11 +18,9 @@ from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
 
 __all__ = [
-    "AucRange",
     "BudgetUnreachableError",
     "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
-    "ConfidenceInterval",
     "Decision",
     "EstimateSource",
     "Estimates",
@@ -48,20 +33,11 @@ __all__ = [
     "StateMemos",
     "TableEstimates",
     "ThresholdCascade",
-    "area_under_curve",
-    "auc_range",
-    "bootstrap_auc",
-    "bootstrap_indices",
-    "budget_grid",
     "check_is_fitted",
     "clark_expected_max",
     "constant_lambda_policy",
     "expected_max",
     "fit_lambdas",
-    "hull_models",
-    "linear_interpolation_curve",
-    "paired_difference",
     "rollout",
     "search_supermodel",
-    "single_model_points",
 ]

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cluster.progress import LoggedProgress
+    from cascade_serve.progress import LoggedProgress
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the fleet's endpoint (default :8000)")

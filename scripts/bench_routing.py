@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cluster.progress import LoggedProgress
-    from estimators.simulated import draw_noise, simulated_estimates
+    from cascade_serve.progress import LoggedProgress
+    from evaluation.simulated import draw_noise, simulated_estimates
     from routing import CascadeRouter, Estimates, rollout
 
     ks = [int(k) for k in args.models.split(",")]

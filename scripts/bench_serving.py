@@ -107,7 +107,7 @@ async def _run_block(fn: Any, bodies: list[dict[str, Any]], concurrency: int) ->
 async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task: Any) -> dict[str, Any]:
     from ray import serve
 
-    from cluster.fleet import APP_NAME
+    from serve.deploy import APP_NAME
 
     replica = serve.get_deployment_handle(f"model:{args.model}", app_name=APP_NAME)
     controller = serve.get_deployment_handle("CascadeController", app_name=APP_NAME)
@@ -248,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from cascade_serve.progress import LoggedProgress
     from cluster.config import FleetConfig
-    from cluster.fleet import connect, deploy, wait_ready
-    from cluster.progress import LoggedProgress
-    from cluster.tiny_models import TINY_FLEET, build_tiny_model
+    from serve.deploy import connect, deploy, wait_ready
+    from toymodels.tiny import TINY_FLEET, build_tiny_model
 
     fleet = FleetConfig.from_file(args.fleet)
     if args.model not in fleet.model_ids:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default="low,medium,high", help="noise levels (default low,medium,high)")
     args = parser.parse_args(argv)
 
-    from cluster.cli import main as cascade
+    from cascade_serve.main import main as cascade
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m scripts.eval_toy_fleet --json runs/toy_fleet.json --plot runs/toy_fleet.png
 
-1. Builds (or reuses, cached) the toy fleet (:mod:`cluster.toy_fleet`: four tiny Qwen2 models trained
+1. Builds (or reuses, cached) the toy fleet (:mod:`toymodels.toy_fleet`: four tiny Qwen2 models trained
    to add integers, accuracy rising with size) and writes two disjoint-seed prompt sets: calibration
    prompts (seed 0) and evaluation prompts (seed 1).
 2. Starts Ray in this process and deploys ``models.toy.yaml`` (real vLLM engines, Ray Serve).
@@ -45,7 +45,7 @@ def _pick_lambdas(curve: list[dict[str, float]], budgets: list[float]) -> list[f
     (the range the AUC integrates over), so every policy is sampled over the same costs. A budget
     below the curve's cheapest point takes that point. Lambdas that repeat are run once.
     """
-    from estimators.calibration import lambda_for_budget
+    from estimators.artifacts import lambda_for_budget
 
     cheapest = min(curve, key=lambda p: p["cost"])
     lams: list[float] = []
@@ -73,7 +73,7 @@ def summarize(
     interpolated at its cost, plus 0.01 (one query in a hundred: the same answers timed twice differ);
     one cheaper than the whole curve is compared with the curve's cheapest point.
     """
-    from routing import area_under_curve, auc_range
+    from evaluation.metrics import area_under_curve, auc_range
 
     models = list(single)
     single_cost = np.array([single[m]["cost"] for m in models])
@@ -145,14 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from cluster.calibrate import CalibrateOptions, run_calibrate
+    from calibration.graders import numeric_match
+    from calibration.run import CalibrateOptions, run_calibrate
+    from cascade_serve.progress import LoggedProgress
     from cluster.config import FleetConfig
-    from cluster.fleet import connect, deploy, wait_ready
-    from cluster.progress import LoggedProgress
-    from cluster.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts, write_prompts_jsonl
     from estimators.artifacts import load_artifacts
-    from estimators.graders import numeric_match
-    from estimators.plots import plot_quality_cost
+    from evaluation.plots import plot_quality_cost
+    from serve.deploy import connect, deploy, wait_ready
+    from toymodels.toy_fleet import MAX_ANSWER_TOKENS, build_toy_fleet, toy_prompts, write_prompts_jsonl
 
     console = Console()
     started = time.perf_counter()

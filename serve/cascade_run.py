@@ -28,15 +28,11 @@ from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageRe
 from routing import Estimates, Policy, constant_lambda_policy
 from serve.errors import ApiError
 
-__all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "query_info", "run_cascade", "stage_result"]
+__all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_cascade"]
 
 PolicyName = Literal["routing", "cascade", "threshold_cascade", "cascade_routing"]
 POLICIES: tuple[str, ...] = ("routing", "cascade", "threshold_cascade", "cascade_routing")
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-# Cost estimates need an answer length; OpenAI's own default for max_tokens is "up to the context".
-DEFAULT_MAX_TOKENS_FOR_COST = 256
-
 
 KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"})
 
@@ -105,56 +101,6 @@ def _policy_of(name: PolicyName, lam: float, max_depth: int) -> Policy:
     return constant_lambda_policy("optimal_cascade" if name == "cascade" else name, lam, max_depth)
 
 
-def query_info(endpoint: str, body: dict[str, Any]) -> QueryInfo:
-    """Text and size of the query, before any replica tokenized it (characters / 4 per token)."""
-    if endpoint == "chat":
-        messages = body.get("messages")
-        parts = []
-        for m in messages if isinstance(messages, list) else []:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        text = "\n".join(parts)
-    else:
-        prompt = body.get("prompt")
-        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt)) if isinstance(prompt, list) else ""
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS_FOR_COST
-    return QueryInfo(text=text, prompt_tokens=len(text) // 4 + 1, max_tokens=int(max_tokens))
-
-
-def stage_result(model: str, endpoint: str, response: dict[str, Any]) -> StageResult:
-    """Tokens, logprobs and the engine's timing split from a replica's response."""
-    usage = response.get("usage") or {}
-    metrics = response.get("metrics") or {}
-    choice = (response.get("choices") or [{}])[0]
-    logprobs = choice.get("logprobs") or {}
-    if endpoint == "chat":
-        token_logprobs = tuple(float(t["logprob"]) for t in logprobs.get("content") or [])
-    else:
-        token_logprobs = tuple(float(x) for x in logprobs.get("token_logprobs") or [] if x is not None)
-    return StageResult(
-        model=model,
-        prompt_tokens=int(usage.get("prompt_tokens", 0)),
-        completion_tokens=int(usage.get("completion_tokens", 0)),
-        token_logprobs=token_logprobs,
-        queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
-        prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
-        decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
-        text=_answer_text(endpoint, choice),
-        finish_reason=choice.get("finish_reason"),
-    )
-
-
-def _answer_text(endpoint: str, choice: dict[str, Any]) -> str:
-    if endpoint == "chat":
-        content = (choice.get("message") or {}).get("content")
-        return content if isinstance(content, str) else ""
-    text = choice.get("text")
-    return text if isinstance(text, str) else ""
-
-
 @dataclass
 class CascadeOutcome:
     """The answer to return and the trace of every stage."""
@@ -201,7 +147,7 @@ async def run_cascade(
     Raises ``ApiError``: the replica's 4xx for a bad request, 503 with Retry-After when no model
     could answer.
     """
-    query = query_info(endpoint, body)
+    query = QueryInfo.from_request(endpoint, body)
     if knobs.stage_timeout_s is not None:
         stage_timeout_s = min(stage_timeout_s, knobs.stage_timeout_s)  # a request may only tighten it
     candidates = list(models)
@@ -281,7 +227,7 @@ async def run_cascade(
             if on_stage_failure is not None:
                 on_stage_failure(model, exc)
             continue
-        result = stage_result(model, endpoint, response)
+        result = StageResult.from_response(model, endpoint, response)
         stages[model] = result
         responses[model] = response
         if logprobs:

@@ -39,9 +39,9 @@ from ray import serve
 from estimators.artifacts import load_artifacts
 from estimators.calibrated_quality import CalibratedQuality
 from estimators.logprob_quality import LogprobQuality
-from estimators.stage import CostEstimator, QualityEstimator, StageResult
+from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
 from estimators.token_cost import TokenCostModel
-from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade, stage_result
+from serve.cascade_run import CascadeKnobs, parse_knobs, run_cascade
 from serve.errors import ApiError, error_body
 from serve.probes import PROBE_BODY, ReplicaProbes
 
@@ -144,7 +144,7 @@ class CascadeController:
             # Its first point *is* its rate, so a skewed one must go. A calibrated model needs no
             # reset: a probe moves its bounded correction by at most live_smoothing x the bound range.
             self._cost.forget(stage.model)
-        self._cost.observe(query_info("completions", PROBE_BODY), stage)
+        self._cost.observe(QueryInfo.from_request("completions", PROBE_BODY), stage)
         self._update_rate_gauges(stage.model)
 
     def _on_stage_failure(self, model: str, exc: BaseException | ApiError) -> None:
@@ -278,8 +278,8 @@ class CascadeController:
             raise ApiError(503, f"model {model!r} is unavailable ({type(exc).__name__})", retry_after_s=5) from None
         if "error" in response:
             raise ApiError.from_body(response)
-        stage = stage_result(model, endpoint, response)
-        self._cost.observe(query_info(endpoint, body), stage)
+        stage = StageResult.from_response(model, endpoint, response)
+        self._cost.observe(QueryInfo.from_request(endpoint, body), stage)
         self._update_rate_gauges(model)
         self._metrics.gpu.observe(stage.gpu_s)
         self._metrics.requests.labels(endpoint, model, "ok").inc()

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from estimators.stage import StageResult
-from serve.cascade_run import stage_result
 
 __all__ = ["PROBE_BODY", "ReplicaProbes"]
 
@@ -116,7 +115,7 @@ class ReplicaProbes:
         if "error" in response:
             logger.warning("probe of %s answered an error: %s", model, response["error"])
             return None
-        return stage_result(model, "completions", response)
+        return StageResult.from_response(model, "completions", response)
 
     async def _probe(self, model: str) -> None:
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cluster.cli import main
+from cascade_serve.main import main
 from cluster.config import ConfigError, FleetConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_cli_validate_ok_and_bad(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_cpu_fleet_file_matches_the_tiny_models() -> None:
-    from cluster.tiny_models import TINY_FLEET
+    from toymodels.tiny import TINY_FLEET
 
     fleet = FleetConfig.from_file(REPO / "models.cpu.yaml")
     assert fleet.model_ids == list(TINY_FLEET)

@@ -1,5 +1,5 @@
 """Answer signals of calibration tables: final-answer agreement, the engine's answer statistics, and the
-RouterBenchTable fields that carry them (``answer_stats``, ``answer_kinds``)."""
+QueryModelTable fields that carry them (``answer_stats``, ``answer_kinds``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from estimators.answer_signals import answer_signals, answer_stats, final_answer
-from estimators.routerbench import ANSWER_KINDS, ANSWER_STATS, RouterBenchTable
+from estimators.table import ANSWER_KINDS, ANSWER_STATS, QueryModelTable
 
 # -- final answers ----------------------------------------------------------------------------------
 
@@ -120,14 +120,14 @@ def test_answer_stats_floor_and_empty_answer() -> None:
     np.testing.assert_array_equal(answer_stats((), "stop"), [-30.0, -30.0, -30.0, 0.0])
 
 
-# -- RouterBenchTable fields --------------------------------------------------------------------------
+# -- QueryModelTable fields --------------------------------------------------------------------------
 
 
-def _table(n: int = 4, **extra: object) -> RouterBenchTable:
-    return RouterBenchTable(
+def _table(n: int = 4, **extra: object) -> QueryModelTable:
+    return QueryModelTable(
         sample_ids=tuple(f"s{i}" for i in range(n)), prompts=tuple(f"p{i}" for i in range(n)),
         eval_names=("t",) * n, models=("a", "b", "c"),
-        quality=np.zeros((n, 3)), cost_usd=np.tile([3.0, 1.0, 2.0], (n, 1)),
+        quality=np.zeros((n, 3)), cost=np.tile([3.0, 1.0, 2.0], (n, 1)),
         responses=tuple((f"a{i}", f"b{i}", f"c{i}") for i in range(n)), **extra,  # type: ignore[arg-type]
     )
 

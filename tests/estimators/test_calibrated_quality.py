@@ -9,8 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from estimators.answer_signals import answer_stats
 from estimators.calibrated_quality import SERVING_TASK, CalibratedQuality
-from estimators.routerbench import ANSWER_STATS, RouterBenchTable
 from estimators.stage import QueryInfo, StageResult
+from estimators.table import ANSWER_STATS, QueryModelTable
 from estimators.trained_quality import TrainedQualityEstimator
 
 MODELS = ("small", "medium", "large")
@@ -24,7 +24,7 @@ def _logprobs(correct: bool, rng: np.random.Generator, n_tokens: int = 6) -> lis
     return list(np.minimum(rng.normal(centre, 0.35, size=n_tokens), 0.0))
 
 
-def calibration_table(n: int, *, seed: int, with_stats: bool = True) -> RouterBenchTable:
+def calibration_table(n: int, *, seed: int, with_stats: bool = True) -> QueryModelTable:
     """Arithmetic prompts answered with numbers; model j is right with ``ACCURACY[j]`` shifted by a per-query
     difficulty, wrong answers are scattered values (so agreement of two answers means they are right), and
     the mean token log-probability of an answer tells right from wrong."""
@@ -46,36 +46,36 @@ def calibration_table(n: int, *, seed: int, with_stats: bool = True) -> RouterBe
             stats[r, j] = answer_stats(_logprobs(ok, rng), "stop")
         responses.append(tuple(row))
     cost = np.tile([1.0, 3.0, 9.0], (n, 1)) * rng.uniform(0.9, 1.1, size=(n, k))
-    return RouterBenchTable(
+    return QueryModelTable(
         sample_ids=tuple(f"{seed}.{r}" for r in range(n)), prompts=tuple(prompts),
-        eval_names=(SERVING_TASK,) * n, models=MODELS, quality=quality, cost_usd=cost,
+        eval_names=(SERVING_TASK,) * n, models=MODELS, quality=quality, cost=cost,
         responses=tuple(responses), answer_stats=stats if with_stats else None, answer_kinds=("final",) * n,
     )
 
 
-def _without_stats(table: RouterBenchTable) -> RouterBenchTable:
-    return RouterBenchTable(
+def _without_stats(table: QueryModelTable) -> QueryModelTable:
+    return QueryModelTable(
         sample_ids=table.sample_ids, prompts=table.prompts, eval_names=table.eval_names, models=table.models,
-        quality=table.quality, cost_usd=table.cost_usd, responses=table.responses, answer_kinds=table.answer_kinds,
+        quality=table.quality, cost=table.cost, responses=table.responses, answer_kinds=table.answer_kinds,
     )
 
 
 @pytest.fixture(scope="module")
-def tables() -> tuple[RouterBenchTable, RouterBenchTable]:
+def tables() -> tuple[QueryModelTable, QueryModelTable]:
     return calibration_table(300, seed=1), calibration_table(300, seed=2)
 
 
 @pytest.fixture(scope="module")
-def fitted(tables: tuple[RouterBenchTable, RouterBenchTable]) -> TrainedQualityEstimator:
+def fitted(tables: tuple[QueryModelTable, QueryModelTable]) -> TrainedQualityEstimator:
     return TrainedQualityEstimator(**FAST).fit(tables[0])
 
 
 @pytest.fixture(scope="module")
-def fitted_without_stats(tables: tuple[RouterBenchTable, RouterBenchTable]) -> TrainedQualityEstimator:
+def fitted_without_stats(tables: tuple[QueryModelTable, QueryModelTable]) -> TrainedQualityEstimator:
     return TrainedQualityEstimator(**FAST).fit(_without_stats(tables[0]))
 
 
-def _auc_alone(est: TrainedQualityEstimator, table: RouterBenchTable, i: int) -> float:
+def _auc_alone(est: TrainedQualityEstimator, table: QueryModelTable, i: int) -> float:
     """AUC of model i's post-hoc estimate, when it is the only model that answered, against its correctness."""
     n = table.n_queries
     answered = np.zeros((n, table.n_models), dtype=bool)
@@ -88,7 +88,7 @@ def _auc_alone(est: TrainedQualityEstimator, table: RouterBenchTable, i: int) ->
 
 
 def test_answer_stats_sharpen_the_post_hoc_estimate(
-    tables: tuple[RouterBenchTable, RouterBenchTable], fitted: TrainedQualityEstimator,
+    tables: tuple[QueryModelTable, QueryModelTable], fitted: TrainedQualityEstimator,
     fitted_without_stats: TrainedQualityEstimator,
 ) -> None:
     test = tables[1]
@@ -100,7 +100,7 @@ def test_answer_stats_sharpen_the_post_hoc_estimate(
 
 
 def test_final_answer_agreement_is_a_signal_without_stats(
-    tables: tuple[RouterBenchTable, RouterBenchTable], fitted_without_stats: TrainedQualityEstimator,
+    tables: tuple[QueryModelTable, QueryModelTable], fitted_without_stats: TrainedQualityEstimator,
 ) -> None:
     """Agreeing numeric answers ("The answer is 42." / "\\boxed{42}") make the small model's answer look right."""
     test = _without_stats(tables[1])
@@ -112,13 +112,13 @@ def test_final_answer_agreement_is_a_signal_without_stats(
 
 
 def test_stats_change_only_the_answered_models_features(
-    tables: tuple[RouterBenchTable, RouterBenchTable], fitted: TrainedQualityEstimator,
+    tables: tuple[QueryModelTable, QueryModelTable], fitted: TrainedQualityEstimator,
 ) -> None:
     """A model's own statistics enter its post-hoc block only: before it answers they are ignored."""
     test = tables[1].take(np.arange(20))
-    flipped = RouterBenchTable(
+    flipped = QueryModelTable(
         sample_ids=test.sample_ids, prompts=test.prompts, eval_names=test.eval_names, models=test.models,
-        quality=test.quality, cost_usd=test.cost_usd, responses=test.responses,
+        quality=test.quality, cost=test.cost, responses=test.responses,
         answer_stats=np.full_like(test.answer_stats, -5.0), answer_kinds=test.answer_kinds,
     )
     rows = np.arange(20)
@@ -149,9 +149,9 @@ def _one_row(est: TrainedQualityEstimator, stages: dict[str, StageResult]) -> np
     for j, m in enumerate(MODELS):
         if m in stages:
             stats[0, j] = answer_stats(stages[m].token_logprobs, stages[m].finish_reason)
-    table = RouterBenchTable(
+    table = QueryModelTable(
         sample_ids=("q",), prompts=(QUERY.text,), eval_names=(SERVING_TASK,), models=MODELS,
-        quality=np.zeros((1, 3)), cost_usd=np.zeros((1, 3)),
+        quality=np.zeros((1, 3)), cost=np.zeros((1, 3)),
         responses=(tuple(stages[m].text if m in stages else "" for m in MODELS),),
         answer_stats=stats, answer_kinds=("final",),
     )

@@ -1,6 +1,6 @@
 """The scikit-learn API contract of the estimators that take non-array inputs.
 
-PromptFeatures takes strings, TrainedQualityEstimator a RouterBenchTable and GpuTimeCostModel
+PromptFeatures takes strings, TrainedQualityEstimator a QueryModelTable and GpuTimeCostModel
 CostSample rows, so (as for sklearn's own text vectorizers) the data-driven checks, which feed 2-D
 numeric arrays, do not apply; these are the checks of the API contract that need no data. Fitting,
 immutability of parameters, idempotence and pickling are tested by hand in each estimator's module.

@@ -18,11 +18,12 @@ from sklearn.utils.estimator_checks import (
 import estimators.trained_quality as trained_quality
 from estimators.answer_signals import answer_signals, choice_options, code_tokens, extract_choice
 from estimators.per_model_classifier import PerModelClassifier
-from estimators.protocol import ProtocolSettings, run_protocol
-from estimators.routerbench import MODEL_SETS, RouterBenchTable, load_routerbench, split_by_file
+from estimators.table import QueryModelTable
 from estimators.text_features import PromptFeatures
 from estimators.trained_estimates import TrainedEstimates
 from estimators.trained_quality import TrainedQualityEstimator
+from evaluation.protocol import ProtocolSettings, run_protocol
+from evaluation.routerbench import MODEL_SETS, load_routerbench, split_by_file
 from routing import Estimates, EstimateSource
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routerbench_tiny"
@@ -33,7 +34,7 @@ FAST_ESTIMATOR = {"cv": 3, "n_text_features": 2**10}
 # -- synthetic multiple-choice data ----------------------------------------------------------------
 
 
-def synthetic_table(n: int, *, seed: int, accuracy: tuple[float, ...] = (0.5, 0.65, 0.85)) -> RouterBenchTable:
+def synthetic_table(n: int, *, seed: int, accuracy: tuple[float, ...] = (0.5, 0.65, 0.85)) -> QueryModelTable:
     """Four-option questions; a model is right with its accuracy shifted by a per-query difficulty and
     answers a uniformly drawn wrong letter otherwise, so agreement between answers carries signal."""
     rng = np.random.default_rng(seed)
@@ -54,25 +55,25 @@ def synthetic_table(n: int, *, seed: int, accuracy: tuple[float, ...] = (0.5, 0.
             row.append(letters[choice])
         responses.append(tuple(row))
     cost = np.outer(np.ones(n), [1e-4, 4e-4, 4e-3]) * rng.uniform(0.8, 1.2, size=(n, k))
-    return RouterBenchTable(
+    return QueryModelTable(
         sample_ids=tuple(f"{seed}.{r}" for r in range(n)),
         prompts=tuple(prompts),
         eval_names=("arc-challenge",) * n,
         models=tuple(f"m{j}" for j in range(k)),
         quality=quality,
-        cost_usd=cost,
+        cost=cost,
         responses=tuple(responses),
     )
 
 
 @pytest.fixture(scope="module")
-def synthetic() -> tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator]:
+def synthetic() -> tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator]:
     train, test = synthetic_table(240, seed=1), synthetic_table(120, seed=2)
     return train, test, TrainedQualityEstimator(random_state=0, **FAST_ESTIMATOR).fit(train)
 
 
 @pytest.fixture(scope="module")
-def tiny() -> tuple[RouterBenchTable, RouterBenchTable]:
+def tiny() -> tuple[QueryModelTable, QueryModelTable]:
     table = load_routerbench(FIXTURE).select_models(MODEL_SETS[3]).sorted_by_cost()
     return split_by_file(table, FIXTURE)
 
@@ -220,7 +221,7 @@ def test_answer_signals_bad_shapes() -> None:
 
 
 def test_fit_returns_self_keeps_params_and_sets_fitted_attributes(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     train, _, _ = synthetic
     est = TrainedQualityEstimator(random_state=3, **FAST_ESTIMATOR)
@@ -258,15 +259,15 @@ def test_bad_parameters_raise_in_fit(params: dict[str, object], message: str) ->
 
 def test_bad_tables_raise() -> None:
     table = synthetic_table(20, seed=0)
-    no_responses = RouterBenchTable(table.sample_ids, table.prompts, table.eval_names, table.models,
-                                    table.quality, table.cost_usd, None)
+    no_responses = QueryModelTable(table.sample_ids, table.prompts, table.eval_names, table.models,
+                                    table.quality, table.cost, None)
     with pytest.raises(ValueError, match="no responses"):
         TrainedQualityEstimator(**FAST_ESTIMATOR).fit(no_responses)
-    graded = RouterBenchTable(table.sample_ids, table.prompts, table.eval_names, table.models,
-                              table.quality * 0.5, table.cost_usd, table.responses)
+    graded = QueryModelTable(table.sample_ids, table.prompts, table.eval_names, table.models,
+                              table.quality * 0.5, table.cost, table.responses)
     with pytest.raises(ValueError, match="0/1 correctness"):
         TrainedQualityEstimator(**FAST_ESTIMATOR).fit(graded)
-    with pytest.raises(ValueError, match="RouterBenchTable"):
+    with pytest.raises(ValueError, match="QueryModelTable"):
         TrainedQualityEstimator(**FAST_ESTIMATOR).fit(np.zeros((20, 3)))  # type: ignore[arg-type]
     fitted = TrainedQualityEstimator(**FAST_ESTIMATOR).fit(table)
     with pytest.raises(ValueError, match="differ from the fitted"):
@@ -274,7 +275,7 @@ def test_bad_tables_raise() -> None:
 
 
 def test_estimates_have_the_right_shapes_and_are_finite(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     _, test, est = synthetic
     source = est.estimate_source(test)
@@ -287,14 +288,14 @@ def test_estimates_have_the_right_shapes_and_are_finite(
         assert e.q_mean.shape == e.cost.shape == (120, 3)
         assert np.all((e.q_mean > 0) & (e.q_mean < 1))
         # Measured cost for models that ran, the ex-ante regression (non-negative) otherwise.
-        assert np.array_equal(e.cost[answered], np.asarray(test.cost_usd)[answered])
+        assert np.array_equal(e.cost[answered], np.asarray(test.cost)[answered])
         assert np.all(e.cost >= 0) and np.all(np.isfinite(e.cost))
         if e.q_var is not None:
             assert e.q_var.shape == (120, 3) and np.all(e.q_var >= 0) and np.all(np.isfinite(e.q_var))
 
 
 def test_same_seed_same_estimates_and_batching_does_not_matter(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     train, test, est = synthetic
     again = TrainedQualityEstimator(random_state=0, **FAST_ESTIMATOR).fit(train)
@@ -314,7 +315,7 @@ def test_same_seed_same_estimates_and_batching_does_not_matter(
 
 
 def test_post_hoc_estimate_is_closer_to_the_truth_than_ex_ante(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     """Once a model answered, agreement with the other answers tells whether it is right."""
     _, test, est = synthetic
@@ -333,7 +334,7 @@ def test_post_hoc_estimate_is_closer_to_the_truth_than_ex_ante(
         assert np.mean((two[:, i] - q[:, i]) ** 2) < np.mean((ante[:, i] - q[:, i]) ** 2)
 
 
-def addition_table(n: int, *, digits: str, seed: int) -> RouterBenchTable:
+def addition_table(n: int, *, digits: str, seed: int) -> QueryModelTable:
     """Sums of 1-3 digit numbers written with ``digits`` only; model j is right when no operand has more
     than j + 1 digits, so difficulty follows the size of the numbers, never their values."""
     rng = np.random.default_rng(seed)
@@ -345,9 +346,9 @@ def addition_table(n: int, *, digits: str, seed: int) -> RouterBenchTable:
         quality[r] = [float(size <= j + 1) for j in range(3)]
         right = str(int(a) + int(b))
         responses.append(tuple(right if ok else right + "1" for ok in quality[r]))
-    return RouterBenchTable(
+    return QueryModelTable(
         sample_ids=tuple(f"{digits}.{r}" for r in range(n)), prompts=tuple(prompts), eval_names=("add",) * n,
-        models=("m0", "m1", "m2"), quality=quality, cost_usd=np.tile([1.0, 2.0, 8.0], (n, 1)),
+        models=("m0", "m1", "m2"), quality=quality, cost=np.tile([1.0, 2.0, 8.0], (n, 1)),
         responses=tuple(responses), answer_kinds=("final",) * n,
     )
 
@@ -371,7 +372,7 @@ def test_masked_digit_features_predict_difficulty_of_numbers_never_seen() -> Non
 
 
 def test_uncertainty_is_fitted_on_held_out_predictions(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     """Zero once everything answered; larger held-out than in-sample (fold models never saw the row)."""
     train, _, est = synthetic
@@ -392,7 +393,7 @@ def test_uncertainty_is_fitted_on_held_out_predictions(
 
 
 def test_correlated_and_zero_uncertainty_modes(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     train, test, _ = synthetic
     rows = np.arange(test.n_queries)
@@ -410,7 +411,7 @@ def test_correlated_and_zero_uncertainty_modes(
 
 
 def test_estimator_pickles_with_identical_estimates(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     _, test, est = synthetic
     copy = pickle.loads(pickle.dumps(est))
@@ -422,7 +423,7 @@ def test_estimator_pickles_with_identical_estimates(
 
 
 def test_source_validates_its_input(
-    synthetic: tuple[RouterBenchTable, RouterBenchTable, TrainedQualityEstimator],
+    synthetic: tuple[QueryModelTable, QueryModelTable, TrainedQualityEstimator],
 ) -> None:
     _, test, est = synthetic
     source = est.estimate_source(test)
@@ -462,14 +463,14 @@ def test_split_by_file_needs_both_kinds_of_file(tmp_path: Path) -> None:
 
 
 def test_protocol_trains_estimators_only_on_rows_it_never_scores(
-    tiny: tuple[RouterBenchTable, RouterBenchTable], monkeypatch: pytest.MonkeyPatch
+    tiny: tuple[QueryModelTable, QueryModelTable], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spy on fit: the estimator must see exactly the estimator rows, none of validation or test."""
     train, test = tiny
     seen: list[tuple[str, ...]] = []
     fit = TrainedQualityEstimator.fit
 
-    def spy(self: TrainedQualityEstimator, X: RouterBenchTable, y: None = None) -> TrainedQualityEstimator:
+    def spy(self: TrainedQualityEstimator, X: QueryModelTable, y: None = None) -> TrainedQualityEstimator:
         seen.append(X.sample_ids)
         return fit(self, X, y)
 
@@ -486,7 +487,7 @@ def test_protocol_trains_estimators_only_on_rows_it_never_scores(
     assert s["n_validation"] + s["n_test"] == test.n_queries
 
 
-def test_protocol_refuses_overlapping_estimator_rows(tiny: tuple[RouterBenchTable, RouterBenchTable]) -> None:
+def test_protocol_refuses_overlapping_estimator_rows(tiny: tuple[QueryModelTable, QueryModelTable]) -> None:
     train, test = tiny
     settings = ProtocolSettings(models=3, estimators="trained", noise=None, per_segment=2, n_bootstrap=0)
     leaky = test.take(np.arange(5))

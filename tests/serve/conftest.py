@@ -29,7 +29,7 @@ for _key, _value in {
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pytest.importorskip("transformers", reason="the cpu extra is not installed")
-    from cluster.tiny_models import TINY_FLEET, build_tiny_model
+    from toymodels.tiny import TINY_FLEET, build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     return {name: build_tiny_model(root / name, spec) for name, spec in TINY_FLEET.items()}

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from estimators.logprob_quality import LogprobQuality
-from estimators.stage import StageResult
+from estimators.stage import QueryInfo, StageResult
 from estimators.token_cost import ModelRates, TokenCostModel
-from serve.cascade_run import CascadeKnobs, parse_knobs, query_info, run_cascade
+from serve.cascade_run import CascadeKnobs, parse_knobs, run_cascade
 from serve.errors import ApiError
 
 MODELS = ["small", "medium", "large"]
@@ -119,7 +119,7 @@ def test_trace_shows_the_ex_ante_costs_cheapest_first() -> None:
     assert list(estimates) == ["small", "medium", "large"]
     _, cost = _estimators()
     body = {"model": "cascade", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 8}
-    expected = cost.predict(query_info("chat", body), MODELS, {})
+    expected = cost.predict(QueryInfo.from_request("chat", body), MODELS, {})
     assert list(estimates.values()) == [round(float(c) * 1e3, 3) for c in expected]
 
 

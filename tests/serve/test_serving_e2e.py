@@ -36,7 +36,7 @@ def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
     from ray import serve
 
     from cluster.config import FleetConfig
-    from cluster.fleet import ENGINE_ENV, deploy, wait_ready
+    from serve.deploy import ENGINE_ENV, deploy, wait_ready
 
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     for entry in data["models"]:
@@ -271,13 +271,13 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     fleet_url: str, client: Any, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
     """`cascade calibrate` on the live fleet, then the controller redeployed with its artifacts."""
-    from cluster.calibrate import QUALITY_PARAMS, CalibrateOptions, run_calibrate
+    from calibration.run import QUALITY_PARAMS, CalibrateOptions, run_calibrate
     from cluster.config import ConfigError, FleetConfig
     from cluster.fingerprint import fleet_fingerprints
-    from cluster.fleet import deploy, wait_ready
     from estimators.artifacts import ArtifactsError, load_artifacts
     from routing import BudgetUnreachableError
     from serve.app import fleet_app
+    from serve.deploy import deploy, wait_ready
 
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     for entry in data["models"]:
@@ -369,10 +369,10 @@ def _model_replica_actors() -> list[str]:
 
 
 def _check_calibrated_controller(fleet_url: str, client: Any, out: Path, summary: dict[str, Any]) -> None:
-    from cluster.fleet import wait_ready
     from estimators.artifacts import load_artifacts
     from estimators.calibrated_quality import CalibratedQuality
     from estimators.stage import QueryInfo
+    from serve.deploy import wait_ready
 
     wait_ready(fleet_url, 600)
     reply = client.chat.completions.create(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cluster.tiny_models import TinySpec, build_tiny_model
+from toymodels.tiny import TinySpec, build_tiny_model
 
 pytestmark = pytest.mark.slow
 

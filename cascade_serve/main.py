@@ -1,0 +1,405 @@
+"""The ``cascade`` command line: one entry point, one subcommand per job.
+
+    cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
+    cascade eval routerbench --models 11 --estimators trained --json runs/rb_trained.json
+    cascade validate models.yaml
+    cascade models build --out .cache/tiny
+    cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
+    cascade status / cascade down [--stop-ray]
+    cascade calibrate models.cpu.yaml --prompts data.jsonl --budget 40%   # on the running fleet
+    cascade demo                               # local CPU fleet, a few prompts through the cascade
+    cascade demo --toy                         # the same with tiny models trained to add (checkable answers)
+
+Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+# The shared benchmark folder sits beside the repository checkout (../shared/data/routerbench).
+_DEFAULT_ROUTERBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cascade", description="cascade-serve: cascade routing for local LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="offline evaluations of the routing policies")
+    ev_sub = ev.add_subparsers(dest="benchmark", required=True)
+    rb = ev_sub.add_parser(
+        "routerbench",
+        help="the paper's RouterBench protocol: AUC of every policy with simulated or trained estimators",
+        description="Fit routing, threshold cascade, optimal cascade and cascade routing at every budget of "
+        "the paper's grid on a 5%% validation split and score them on the 95%% test split. With --estimators "
+        "trained, the estimators learn from the *_train.csv rows and the 5%%/95%% split is of the *_test.csv "
+        "rows.",
+    )
+    # Data
+    rb.add_argument("--data", type=Path, default=None,
+                    help="RouterBench CSV folder, CSV file or original .pkl (default: ../shared/data/routerbench)")
+    rb.add_argument("--models", default="11",
+                    help="the paper's model set (3, 5 or 11; default 11) or comma-separated model names")
+    rb.add_argument("--estimators", choices=["simulated", "trained"], default="simulated",
+                    help="simulated: ground truth plus noise (the paper's protocol); trained: classifiers on the "
+                    "prompts and answers of the *_train.csv rows, evaluated on the *_test.csv rows "
+                    "(default simulated)")
+    rb.add_argument("--noise", default=None,
+                    help="simulated estimators' noise: low, medium or high (default low); not for trained ones")
+    # Method
+    rb.add_argument("--seed", type=int, default=0,
+                    help="seed of the estimator noise draw, or of the trained estimators' folds (default 0)")
+    rb.add_argument("--max-depth", type=int, default=5, help="cascade routing's max models per query (default 5)")
+    rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
+                    help="lambda fitting: per-step search or one constant lambda (default per_step)")
+    rb.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10, the paper's)")
+    rb.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for CIs (0 = none; default 500)")
+    # Output
+    rb.add_argument("--json", type=Path, default=None, help="write results as JSON to this path")
+    rb.add_argument("--plot", type=Path, default=None, help="draw the quality-cost curves to this PNG")
+    rb.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes (default: 2 or the CPU count if lower); results do not depend on it")
+    rb.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    mo = sub.add_parser("models", help="the embedded CPU fleet's tiny models")
+    mo_sub = mo.add_subparsers(dest="models_command", required=True)
+    mb = mo_sub.add_parser("build", help="build the tiny Qwen2 models of models.cpu.yaml, or with --toy train the toy "
+                           "fleet of models.toy.yaml (deterministic, cached)")
+    mb.add_argument("--toy", action="store_true", help="the toy fleet: four tiny models trained to add integers")
+    mb.add_argument("--out", type=Path, default=None, help="folder (default .cache/tiny, or .cache/toy with --toy)")
+    mb.add_argument("--eval", type=int, default=0,
+                    help="with --toy: held-out prompts to evaluate each model on (default 0 = none)")
+    mb.add_argument("--seed", type=int, default=0, help="with --toy: seed of the held-out prompts (default 0)")
+    mb.add_argument("--jobs", type=int, default=2, help="with --toy: models trained at once, one core each (default 2)")
+
+    va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
+    va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
+
+    up = sub.add_parser("up", help="deploy a fleet file on Ray Serve and wait until every model is ready")
+    up.add_argument("file", type=Path, help="fleet file (models.yaml, models.cpu.yaml)")
+    _add_cluster_args(up)
+    up.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
+
+    st = sub.add_parser("status", help="the deployed fleet: Serve deployments and the controller's /health")
+    _add_cluster_args(st)
+
+    dn = sub.add_parser("down", help="delete the deployed fleet")
+    dn.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or the local one)")
+    dn.add_argument("--stop-ray", action="store_true", help="also stop the local Ray head node (`ray stop`)")
+
+    ca = sub.add_parser(
+        "calibrate", help="replay labelled prompts through the running fleet; fit estimators, cost model and lambda",
+        description="Every prompt of --prompts goes to every model of the fleet (it must be up: `cascade up FILE`); "
+        "answers are graded, the quality estimators and the GPU-time cost model are fitted on a training split, "
+        "every policy is evaluated on the held-out split, and the artifacts (bound to the fleet's models) are "
+        "written to --out. Interrupted runs resume from OUT/replay.jsonl.",
+    )
+    ca.add_argument("file", type=Path, help="fleet file of the running fleet")
+    ca.add_argument("--prompts", type=Path, required=True,
+                    help="JSON lines: {messages|prompt, answer, [id, grader, task, max_tokens]} per line")
+    ca.add_argument("--out", type=Path, default=None, help="artifact folder (default calibration/<fleet file stem>)")
+    ca.add_argument("--budget", default=None,
+                    help="average GPU-seconds per query (0.05) or a share of the strongest model's cost (40%%)")
+    ca.add_argument("--url", default=None, help="endpoint of the fleet (default http://127.0.0.1:8000)")
+    ca.add_argument("--held-out", type=float, default=0.4, help="share of prompts held out of training (default 0.4)")
+    ca.add_argument("--concurrency", type=int, default=4, help="replay requests in flight (default 4)")
+    ca.add_argument("--grader", default="exact_match", help="grader of rows without one (default exact_match)")
+    ca.add_argument("--max-tokens", type=int, default=64, help="max_tokens of rows without one (default 64)")
+    ca.add_argument("--max-depth", type=int, default=None, help="models per query (default: the fleet file's)")
+    ca.add_argument("--seed", type=int, default=0, help="split and estimator seed (default 0)")
+    ca.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the report (default 200)")
+    ca.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    de = sub.add_parser("demo", help="build the tiny models, bring up the CPU fleet locally, run prompts through "
+                        "the cascade and print each answer with its routing trace")
+    de.add_argument("--fleet", type=Path, default=None,
+                    help="fleet file (default models.cpu.yaml, or models.toy.yaml with --toy)")
+    de.add_argument("--toy", action="store_true", help="the toy fleet: four tiny models trained to add integers "
+                    "(trained on first use, about 3.5 min on 2 cores) and held-out addition questions")
+    de.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    de.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
+    return parser
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, a local cluster, or "
+                   "a new local head node)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host of the endpoint (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from cluster.config import FleetConfig
+    from serve.deploy import connect, deploy, health_summary, wait_ready
+
+    FleetConfig.from_file(args.file)  # a bad file fails here, before any cluster work
+    console = Console(stderr=True)
+    with console.status("connecting to Ray") as status:
+        how = connect(args.address, start_local=True)
+        status.update(f"deploying {args.file} ({how} Ray cluster)")
+        deploy(FleetConfig.from_file(args.file), host=args.host, port=args.port)
+        url = f"http://{args.host}:{args.port}"
+
+        def show(body: dict[str, Any]) -> None:
+            status.update("waiting for models: " + health_summary(body))
+
+        wait_ready(url, args.timeout, show)
+    console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ray import serve
+    from rich.console import Console
+    from rich.table import Table
+
+    from serve.deploy import APP_NAME, connect, fetch_health
+
+    if args.address is None and not _ray_running():
+        print("cascade: no Ray cluster is running (start one with `cascade up FILE`)", file=sys.stderr)
+        return 1
+    connect(args.address, start_local=False)
+    apps = serve.status().applications
+    if APP_NAME not in apps:
+        print("cascade: no fleet is deployed (`cascade up FILE`)", file=sys.stderr)
+        return 1
+    app = apps[APP_NAME]
+    table = Table(title=f"application {APP_NAME}: {app.status}")
+    for col in ("deployment", "status", "replicas"):
+        table.add_column(col)
+    for name, dep in app.deployments.items():
+        table.add_row(name, str(dep.status), ", ".join(f"{k}: {v}" for k, v in dep.replica_states.items()))
+    console = Console()
+    console.print(table)
+    code, body = fetch_health(f"http://{args.host}:{args.port}")
+    console.print(f"GET /health -> {code or 'no answer'} {json.dumps(body) if body else ''}")
+    return 0 if code == 200 else 1
+
+
+def _ray_running() -> bool:
+    from serve.deploy import _local_cluster_running
+
+    return bool(os.environ.get("RAY_ADDRESS")) or _local_cluster_running()
+
+
+def _down(args: argparse.Namespace) -> int:
+    from serve.deploy import connect, shutdown_app
+
+    if args.address is None and not _ray_running():
+        print("cascade: no Ray cluster is running; nothing to take down", file=sys.stderr)
+        return 0
+    connect(args.address, start_local=False)
+    deleted = shutdown_app()
+    print("deleted the cascade application" if deleted else "no cascade application was deployed")
+    if args.stop_ray:
+        import ray
+
+        ray.shutdown()
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop"], check=False, capture_output=True)
+        print("stopped the local Ray head node")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cascade_serve.demo import run_demo
+
+    fleet = args.fleet or Path("models.toy.yaml" if args.toy else "models.cpu.yaml")
+    return run_demo(fleet, port=args.port, timeout_s=args.timeout, toy=args.toy)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from calibration.run import CalibrateOptions, print_summary, run_calibrate
+    from estimators.artifacts import ArtifactsError
+
+    out = args.out or Path("calibration") / args.file.stem
+    keys = [k for k in os.environ.get("CASCADE_API_KEYS", "").split(",") if k]
+    opts = CalibrateOptions(
+        fleet_file=args.file, prompts=args.prompts, out=out, url=args.url or "http://127.0.0.1:8000",
+        budget=args.budget, held_out=args.held_out, concurrency=args.concurrency, seed=args.seed,
+        grader=args.grader, max_tokens=args.max_tokens, max_depth=args.max_depth,
+        api_key=keys[0] if keys else None, bootstrap=args.bootstrap, quiet=args.quiet,
+    )
+    try:
+        summary = run_calibrate(opts)
+    except ArtifactsError as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary, out)
+    return 0
+
+
+def _build_models(args: argparse.Namespace) -> int:
+    from cascade_serve.models import build_models
+
+    if not args.toy and (args.eval or args.seed):
+        raise ValueError("--eval and --seed apply to --toy only (the tiny models are random, nothing to evaluate)")
+    return build_models(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cluster.config import ConfigError, FleetConfig
+
+    try:
+        fleet = FleetConfig.from_file(args.file)
+    except ConfigError as exc:
+        # Every problem on its own line, each naming its YAML key path.
+        print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{args.file}: {len(fleet.models)} models, {fleet.total_gpus} GPUs at minimum replicas")
+    for col in ("model id", "source", "accelerator", "GPUs/replica", "replicas"):
+        table.add_column(col)
+    for m in fleet.models:
+        auto = m.deployment_config.get("autoscaling_config") or {}
+        replicas = f"{auto.get('min_replicas', 1)}..{auto.get('max_replicas', 1)}" if auto else str(
+            m.deployment_config.get("num_replicas", 1)
+        )
+        table.add_row(
+            m.model_id, m.model_loading_config.model_source or m.model_id,
+            "cpu" if m.on_cpu else (m.accelerator_type or "any"), str(m.gpus_per_replica), replicas,
+        )
+    console = Console()
+    console.print(table)
+    c = fleet.cascade
+    console.print(f"cascade: policy={c.policy} max_depth={c.max_depth} budget_gpu_s={c.budget_gpu_s} "
+                  f"lambda={c.lambda_} stage_timeout_s={c.stage_timeout_s}")
+    return 0
+
+
+def _eval_routerbench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from cascade_serve.progress import LoggedProgress
+    from evaluation.plots import plot_quality_cost
+    from evaluation.protocol import METHODS, ProtocolSettings, run_protocol
+    from evaluation.routerbench import load_routerbench, split_by_file
+
+    models: int | tuple[str, ...] = (
+        int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    )
+    trained = args.estimators == "trained"
+    if trained and args.noise is not None:
+        raise ValueError("--noise applies only to --estimators simulated (trained estimators have no noise level)")
+    noise = None if trained else (args.noise or "low")
+    settings = ProtocolSettings(
+        models=models,
+        estimators=args.estimators,
+        noise=noise,
+        seed=args.seed,
+        max_depth=args.max_depth,
+        strategy=args.strategy,
+        per_segment=args.per_segment,
+        n_bootstrap=args.bootstrap,
+    )
+    from evaluation.simulated import NOISE_LEVELS
+
+    if not trained and noise not in NOISE_LEVELS:
+        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
+    data = args.data if args.data is not None else _DEFAULT_ROUTERBENCH
+    if args.data is None and not data.exists():
+        raise ValueError(f"no RouterBench data at {data}: pass --data PATH")
+    table = load_routerbench(data)
+    estimator_table = None
+    if trained:
+        # Estimators learn from the train files; the paper's validation/test split is of the test files.
+        estimator_table, table = split_by_file(table, data)
+    console = Console(stderr=True)
+    with LoggedProgress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=args.quiet,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+        if trained:
+            tasks["train estimators"] = bar.add_task("train estimators", total=None)
+        for stage in ("fit", "test"):
+            for m in METHODS:
+                tasks[f"{stage} {m}"] = bar.add_task(f"{stage} {m}", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs, estimator_table=estimator_table)
+
+    out = Console()
+    how = "trained estimators" if trained else f"{settings.noise} noise"
+    title = f"RouterBench, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
+    grid = Table(title=title)
+    grid.add_column("method")
+    grid.add_column("AUC", justify="right")
+    grid.add_column("95% CI (CR absolute; others: minus CR)", justify="right")
+    ci = result["ci"]
+    for method in ("linear", *METHODS):
+        if method == "cascade_routing" and method in ci:
+            c = ci[method]
+            interval = f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+        elif method in ci.get("diff_vs_cascade_routing", {}):
+            c = ci["diff_vs_cascade_routing"][method]
+            interval = f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+        else:
+            interval = ""
+        grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
+    out.print(grid)
+    s = result["settings"]
+    trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
+    out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
+              f"{s['total_s']:.1f} s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        out.print(f"wrote {args.json}")
+    if args.plot is not None:
+        out.print(f"wrote {plot_quality_cost(result, args.plot, title=title)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cluster.config import ConfigError
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "eval" and args.benchmark == "routerbench":
+            return _eval_routerbench(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "models" and args.models_command == "build":
+            return _build_models(args)
+        if args.command == "up":
+            return _up(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "down":
+            return _down(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
+    except ConfigError as exc:
+        print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error("unknown command")  # argparse exits with code 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The fleet file as a Serve application, and the CLI around it, up to the point where Ray starts.
+
+Deploying for real is covered by ``tests/serve/test_serving_e2e.py`` (one app per session).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cascade_serve.main import main
+from cluster.config import ConfigError, FleetConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cpu_fleet(**cascade: Any) -> FleetConfig:
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    data["cascade"] = {**{k: v for k, v in data["cascade"].items() if k != "lambda"}, **cascade}
+    return FleetConfig.from_mapping(data)
+
+
+def test_fleet_app_needs_lambda_until_calibration_exists() -> None:
+    from serve.app import fleet_app
+
+    with pytest.raises(ConfigError, match=r"cascade\.lambda: required"):
+        fleet_app(_cpu_fleet())
+    with pytest.raises(ConfigError, match=r"cascade\.budget_gpu_s: .*calibration"):
+        fleet_app(_cpu_fleet(budget_gpu_s=0.5))
+
+
+def test_build_app_takes_exactly_a_config_path(tmp_path: Path) -> None:
+    from serve.app import build_app
+
+    with pytest.raises(ValueError, match="config=PATH"):
+        build_app({})
+    with pytest.raises(ValueError, match="config=PATH"):
+        build_app({"config": "models.yaml", "port": 1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - model_loading_config: {model_id: x}\n    engine_kwarg: {}\n")
+    with pytest.raises(ConfigError, match=r"models\[0\]\.engine_kwarg: unknown key"):
+        build_app({"config": str(bad)})
+
+
+@pytest.mark.slow
+def test_llm_config_adds_engine_timing_and_keeps_explicit_settings() -> None:
+    pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
+    from serve.app import llm_config
+    from serve.replica import CascadeLLMServer
+
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    config = llm_config(fleet.models[0])
+    assert config.server_cls is CascadeLLMServer
+    assert config.engine_kwargs["enable_per_request_metrics"] is True
+    assert config.experimental_configs["stream_batching_interval_ms"] == 0
+    assert config.engine_kwargs["max_model_len"] == 512  # the file's own settings pass through
+    explicit = fleet.models[0].model_copy(update={"experimental_configs": {"stream_batching_interval_ms": 20}})
+    assert llm_config(explicit).experimental_configs["stream_batching_interval_ms"] == 20
+
+
+def test_up_rejects_a_bad_fleet_file_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "fleet.yaml"
+    bad.write_text("models:\n  - model_loading_config: {model_id: a}\n    deployment_config: {num_replica: 2}\n")
+    assert main(["up", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "models[0].deployment_config: unknown deployment option 'num_replica'" in err
+    assert "Traceback" not in err
+
+
+def test_status_and_down_without_a_cluster(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import serve.deploy
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(serve.deploy, "_local_cluster_running", lambda: False)
+    assert main(["status"]) == 1
+    assert "no Ray cluster is running" in capsys.readouterr().err
+    assert main(["down"]) == 0
+    assert "nothing to take down" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_run_import_path_builds_the_application() -> None:
+    """``serve run serve.app:build_app config=models.cpu.yaml`` goes through exactly these two calls."""
+    pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
+    import ray
+    from ray._common.utils import import_attr
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    _private_ray()
+    try:
+        app = call_user_app_builder_with_args_if_necessary(
+            import_attr("serve.app:build_app"), {"config": str(REPO / "models.cpu.yaml")}
+        )
+        assert isinstance(app, Application)
+    finally:
+        ray.shutdown()
+
+
+def _private_ray() -> None:
+    """Ray LLM's deployment builder reads the runtime context, which connects to any Ray cluster
+    running on the machine (a developer's fleet) or starts one: give it a private one instead."""
+    import ray
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="warning", log_to_driver=False)
+
+
+def _entry(fleet: FleetConfig, i: int, **changes: Any) -> Any:
+    return fleet.models[i].model_copy(update=changes)
+
+
+def test_model_version_covers_the_entry_but_not_the_replica_counts(tmp_path: Path) -> None:
+    """Same entry: same version (a redeploy keeps the engines); any argument Serve does not compare
+    itself, or the weights behind the same path: a new one."""
+    from serve.app import model_deployment_version
+
+    weights = tmp_path / "m"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    spec = fleet.models[0]
+    spec = spec.model_copy(update={"model_loading_config": spec.model_loading_config.model_copy(
+        update={"model_source": str(weights)})})
+    base = model_deployment_version(spec)
+    assert model_deployment_version(spec.model_copy()) == base
+    assert model_deployment_version(spec.model_copy(update={"engine_kwargs": {**spec.engine_kwargs,
+                                                                              "max_model_len": 64}})) != base
+    assert model_deployment_version(spec.model_copy(update={"runtime_env": {"env_vars": {"X": "1"}}})) != base
+    scaled = {**spec.deployment_config, "autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
+    assert model_deployment_version(spec.model_copy(update={"deployment_config": scaled})) == base
+    (weights / "config.json").write_text('{"retrained": true}')
+    assert model_deployment_version(spec) != base
+
+
+@pytest.mark.slow
+def test_fleet_app_pins_each_model_deployments_version() -> None:
+    pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
+    import ray
+
+    from serve.app import fleet_app, model_deployment_version
+
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    _private_ray()
+    try:
+        app = fleet_app(fleet)
+        models = app._bound_deployment._replica_config.init_kwargs["models"]
+        for spec in fleet.models:
+            assert models[spec.model_id]._bound_deployment.version == model_deployment_version(spec)
+        assert app._bound_deployment.version is None  # the controller restarts with its settings
+    finally:
+        ray.shutdown()
