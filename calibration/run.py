@@ -23,7 +23,7 @@ import numpy as np
 
 from cluster.config import FleetConfig
 from cluster.fingerprint import fleet_fingerprints
-from routing import BudgetUnreachableError
+from routing import BudgetUnreachableError, core_policy_name
 
 __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"]
 
@@ -179,7 +179,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     unreachable: BudgetUnreachableError | None = None
     if opts.budget is not None:
         b = parse_budget(opts.budget, float(model_gpu_s.max()))
-        policy = "optimal_cascade" if fleet.cascade.policy == "cascade" else fleet.cascade.policy
+        policy = core_policy_name(fleet.cascade.policy)
         try:
             point: dict[str, Any] = lambda_for_budget(curves[policy], b)
         except BudgetUnreachableError as exc:

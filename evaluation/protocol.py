@@ -51,6 +51,7 @@ from evaluation.metrics import (
 from evaluation.routerbench import MODEL_SETS
 from evaluation.simulated import draw_noise, simulated_estimates
 from routing import (
+    CONSTANT_LAMBDA_POLICIES,
     BudgetUnreachableError,
     CascadeRouter,
     EstimateSource,
@@ -71,7 +72,7 @@ Progress = Callable[[str, int, int], None]
 # results are the same whatever the number of processes.
 _TEST_CHUNKS = 2
 
-METHODS = ("routing", "threshold_cascade", "optimal_cascade", "cascade_routing")
+METHODS = CONSTANT_LAMBDA_POLICIES
 ESTIMATORS = ("simulated", "trained")
 
 

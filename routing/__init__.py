@@ -7,7 +7,12 @@ cost budget, and fast simulation over a table of queries (the paper's evaluation
 
 from routing._base import NotFittedError, Policy, check_is_fitted
 from routing._cascade_router import CascadeRouter, OptimalCascade
-from routing._constant_lambda import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy
+from routing._constant_lambda import (
+    API_POLICY_NAMES,
+    CONSTANT_LAMBDA_POLICIES,
+    constant_lambda_policy,
+    core_policy_name,
+)
 from routing._estimates import Estimates, EstimateSource, TableEstimates
 from routing._expected_max import clark_expected_max, expected_max
 from routing._lambda_search import BudgetUnreachableError, LambdaFit, fit_lambdas
@@ -18,6 +23,7 @@ from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
 
 __all__ = [
+    "API_POLICY_NAMES",
     "BudgetUnreachableError",
     "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
@@ -36,6 +42,7 @@ __all__ = [
     "check_is_fitted",
     "clark_expected_max",
     "constant_lambda_policy",
+    "core_policy_name",
     "expected_max",
     "fit_lambdas",
     "rollout",

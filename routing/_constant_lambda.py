@@ -12,9 +12,28 @@ from routing._base import Policy
 from routing._cascade_router import CascadeRouter, OptimalCascade
 from routing._threshold_cascade import ThresholdCascade
 
-__all__ = ["CONSTANT_LAMBDA_POLICIES", "constant_lambda_policy"]
+__all__ = ["API_POLICY_NAMES", "CONSTANT_LAMBDA_POLICIES", "constant_lambda_policy", "core_policy_name"]
 
+# The one list of policy names, simplest first (the order reports and fits use).
 CONSTANT_LAMBDA_POLICIES = ("routing", "threshold_cascade", "optimal_cascade", "cascade_routing")
+# The names users write (fleet file ``cascade.policy``, the request knob ``cascade.policy``) -> the
+# names above. ``cascade`` is the optimal cascade: the only cascade a user would choose to serve.
+# ``cluster.config`` spells the same keys as a Literal (it imports nothing of the project); a test
+# keeps the two equal.
+API_POLICY_NAMES: dict[str, str] = {
+    "routing": "routing",
+    "cascade": "optimal_cascade",
+    "threshold_cascade": "threshold_cascade",
+    "cascade_routing": "cascade_routing",
+}
+
+
+def core_policy_name(api_name: str) -> str:
+    """The policy a user-facing name (``API_POLICY_NAMES``) stands for."""
+    try:
+        return API_POLICY_NAMES[api_name]
+    except KeyError:
+        raise ValueError(f"unknown policy {api_name!r}; choose from {list(API_POLICY_NAMES)}") from None
 
 
 def constant_lambda_policy(name: str, lam: float, max_depth: int) -> Policy:

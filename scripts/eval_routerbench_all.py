@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cascade_serve.main import main as cascade
+    from routing import CONSTANT_LAMBDA_POLICIES
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cascade_routing_highest": all(result["auc"]["cascade_routing"] >= result["auc"][m] for m in diffs),
             }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    methods = ["linear", "routing", "threshold_cascade", "optimal_cascade", "cascade_routing"]
+    methods = ["linear", *CONSTANT_LAMBDA_POLICIES]
     lines = ["| setting | " + " | ".join(methods) + " | time |", "|---" * (len(methods) + 2) + "|"]
     for name, s in summary.items():
         cells = []

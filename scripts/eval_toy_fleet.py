@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
-POLICIES = {"routing": "routing", "threshold_cascade": "threshold_cascade", "optimal_cascade": "cascade",
-            "cascade_routing": "cascade_routing"}
+from routing import API_POLICY_NAMES
+
+# Each policy (routing's name) -> the name the controller's request knob takes.
+POLICIES = {core: api for api, core in API_POLICY_NAMES.items()}
 
 
 def _pick_lambdas(curve: list[dict[str, float]], budgets: list[float]) -> list[float]:

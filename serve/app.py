@@ -134,12 +134,13 @@ def _lambda(fleet: FleetConfig) -> float:
         return settings.lambda_
     from cluster.fingerprint import fleet_fingerprints
     from estimators.artifacts import ArtifactsError, load_artifacts
+    from routing import core_policy_name
 
     try:
         artifacts = load_artifacts(settings.artifacts, fleet_fingerprints(fleet))
         if settings.lambda_ is not None:
             return settings.lambda_
-        policy = "optimal_cascade" if settings.policy == "cascade" else settings.policy
+        policy = core_policy_name(settings.policy)
         if settings.budget_gpu_s is not None:
             return artifacts.lambda_for(policy, settings.budget_gpu_s)
         budget = artifacts.summary.get("budget")

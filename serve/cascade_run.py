@@ -20,18 +20,19 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
-from routing import Estimates, Policy, constant_lambda_policy
+from routing import API_POLICY_NAMES, Estimates, Policy, constant_lambda_policy, core_policy_name
 from serve.errors import ApiError
 
 __all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_cascade"]
 
-PolicyName = Literal["routing", "cascade", "threshold_cascade", "cascade_routing"]
-POLICIES: tuple[str, ...] = ("routing", "cascade", "threshold_cascade", "cascade_routing")
+# The API's policy names; routing.core_policy_name maps each to the policy it runs.
+PolicyName = str
+POLICIES: tuple[str, ...] = tuple(API_POLICY_NAMES)
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"})
@@ -98,7 +99,7 @@ def _policy(knobs: CascadeKnobs) -> Policy:
 @functools.lru_cache(maxsize=256)
 def _policy_of(name: PolicyName, lam: float, max_depth: int) -> Policy:
     """The policy of a knob setting; cached: decisions with gamma = 0 draw nothing, so it is stateless."""
-    return constant_lambda_policy("optimal_cascade" if name == "cascade" else name, lam, max_depth)
+    return constant_lambda_policy(core_policy_name(name), lam, max_depth)
 
 
 @dataclass
