@@ -24,7 +24,7 @@ what its engine measured (``calibration.replay``). Steps:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from calibration.graders import grade, load_grader
 from calibration.prompt_set import PromptRow
+from calibration.replay import ReplayRecord
 from estimators.answer_signals import answer_stats
 from estimators.calibrated_quality import SERVING_TASK
 from estimators.table import ANSWER_STATS, QueryModelTable
@@ -60,15 +61,19 @@ class GradedTable:
 def build_table(
     rows: Sequence[PromptRow],
     models: Sequence[str],
-    records: dict[tuple[str, str], Any],
+    records: Mapping[tuple[str, str], ReplayRecord],
     *,
     grade_timeout_s: float = 10.0,
     progress: Progress | None = None,
 ) -> GradedTable:
-    """Grade every answer and assemble the table (module docstring, steps 1-2)."""
+    """Grade every answer and assemble the table (module docstring, steps 1-2).
+
+    ``records``: (prompt id, model) → the replay's record; a failed one counts as no answer.
+    """
     graders = {name: load_grader(name) for name in sorted({r.grader for r in rows})}
-    kept = [r for r in rows if all((r.id, m) in records for m in models)]
-    missing = [r.id for r in rows if any((r.id, m) not in records for m in models)]
+    stages = {key: record.stage for key, record in records.items() if record.stage is not None}
+    kept = [r for r in rows if all((r.id, m) in stages for m in models)]
+    missing = [r.id for r in rows if any((r.id, m) not in stages for m in models)]
     if len(kept) < 10:
         raise ValueError(f"only {len(kept)} prompts have an answer from every model; calibration needs at least 10")
     k = len(models)
@@ -81,14 +86,14 @@ def build_table(
     for r, row in enumerate(kept):
         texts = []
         for j, model in enumerate(models):
-            rec = records[(row.id, model)]
-            g = grade(graders[row.grader], rec.text, row.answer, timeout_s=grade_timeout_s)
+            stage = stages[(row.id, model)]
+            g = grade(graders[row.grader], stage.text, row.answer, timeout_s=grade_timeout_s)
             if g.status != "ok":
                 problems.append({"id": row.id, "model": model, "status": g.status, "detail": g.detail})
             quality[r, j] = 1.0 if g.score >= 0.5 else 0.0
-            cost[r, j] = rec.gpu_s
-            stats[r, j] = answer_stats(rec.token_logprobs, rec.finish_reason)
-            texts.append(rec.text)
+            cost[r, j] = stage.gpu_s
+            stats[r, j] = answer_stats(stage.token_logprobs, stage.finish_reason)
+            texts.append(stage.text)
             if progress is not None:
                 progress("grade", r * k + j + 1, total)
         responses.append(tuple(texts))

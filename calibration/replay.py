@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +30,86 @@ from estimators.stage import StageResult
 
 __all__ = ["ReplayRecord", "load_cache", "permanent_failures", "replay"]
 
-_MEASURED = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "token_logprobs", "queue_s", "prefill_s",
-             "decode_s")
+# A cache line's fields and the JSON types each may hold. The measured ones are StageResult's, and a
+# failed call writes their empty values: the flat layout of every cache written so far.
+_NUMBER = (int, float)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt_id": (str,), "model": (str,), "fingerprint": (str,),
+    "text": (str,), "finish_reason": (str, type(None)), "prompt_tokens": (int,), "completion_tokens": (int,),
+    "token_logprobs": (list,), "queue_s": _NUMBER, "prefill_s": _NUMBER, "decode_s": _NUMBER,
+    "error": (str, type(None)), "permanent": (bool,),
+}
+_MEASURED: dict[str, Any] = {"text": "", "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0,
+                             "token_logprobs": [], "queue_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0}
+_DEFAULTS: dict[str, Any] = {**_MEASURED, "error": None, "permanent": False}
 # The model rejects the request itself (too long, invalid for it): asking again gives the same answer.
 _PERMANENT_STATUS = frozenset({400, 404, 413, 422})
 
 
 @dataclass(frozen=True)
 class ReplayRecord:
-    """One model's answer to one prompt, as its engine measured it; ``error`` set if the call failed."""
+    """One model's answer to one prompt as its engine measured it (``stage``), or why the call failed.
+
+    ``stage`` is None exactly when ``error`` is set; ``permanent`` marks an error the same request
+    always gets (e.g. the prompt exceeds the model's context).
+    """
 
     prompt_id: str
     model: str
     fingerprint: str
-    text: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    token_logprobs: tuple[float, ...] = ()
-    queue_s: float = 0.0
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
+    stage: StageResult | None = None
     error: str | None = None
-    permanent: bool = False  # an error the same request always gets (e.g. the prompt exceeds the context)
+    permanent: bool = False
 
-    @property
-    def gpu_s(self) -> float:
-        return self.prefill_s + self.decode_s
+    def __post_init__(self) -> None:
+        if (self.stage is None) == (self.error is None):
+            raise ValueError(f"a replay record has a stage or an error, never both or neither: {self!r}")
+
+    def to_json(self) -> str:
+        """The record as one cache line (no newline): a flat JSON object, the stage's fields inlined."""
+        measured = dict(_MEASURED)
+        if self.stage is not None:
+            measured = {name: getattr(self.stage, name) for name in _MEASURED}
+            measured["token_logprobs"] = list(self.stage.token_logprobs)
+        return json.dumps({"prompt_id": self.prompt_id, "model": self.model, "fingerprint": self.fingerprint,
+                           **measured, "error": self.error, "permanent": self.permanent})
+
+    @classmethod
+    def from_json(cls, line: str) -> ReplayRecord:
+        """The record of one cache line, as ``to_json`` writes it; measured fields may be left out.
+
+        Raises
+        ------
+        ValueError
+            The line is not a JSON object, misses ``prompt_id``, ``model`` or ``fingerprint``, has a
+            field no record writes, or a value of the wrong JSON type.
+        """
+        raw = json.loads(line)
+        if not isinstance(raw, dict):
+            raise ValueError(f"a JSON object expected, got {type(raw).__name__}")
+        unknown = sorted(raw.keys() - _FIELD_TYPES.keys())
+        missing = [name for name in ("prompt_id", "model", "fingerprint") if name not in raw]
+        if unknown or missing:
+            raise ValueError(f"unknown fields {unknown}, missing fields {missing}")
+        values = {**_DEFAULTS, **raw}
+        for name, types in _FIELD_TYPES.items():
+            value = values[name]
+            wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+            if wrong or (name == "token_logprobs" and not all(_is_number(x) for x in value)):
+                raise ValueError(f"{name} cannot be {value!r}")
+        stage = StageResult(
+            model=values["model"], prompt_tokens=values["prompt_tokens"], completion_tokens=values["completion_tokens"],
+            token_logprobs=tuple(float(x) for x in values["token_logprobs"]), queue_s=float(values["queue_s"]),
+            prefill_s=float(values["prefill_s"]), decode_s=float(values["decode_s"]), text=values["text"],
+            finish_reason=values["finish_reason"],
+        )
+        return cls(values["prompt_id"], values["model"], values["fingerprint"],
+                   stage=stage if values["error"] is None else None, error=values["error"],
+                   permanent=values["permanent"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
 def _read_records(path: Path) -> list[ReplayRecord]:
@@ -70,9 +123,8 @@ def _read_records(path: Path) -> list[ReplayRecord]:
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
-            records.append(ReplayRecord(**{**raw, "token_logprobs": tuple(raw.get("token_logprobs", ()))}))
-        except (json.JSONDecodeError, TypeError) as exc:
+            records.append(ReplayRecord.from_json(line))
+        except ValueError as exc:
             if number == len(lines):
                 continue
             raise ValueError(f"{path}:{number}: not a replay record ({exc}); delete the file to start over") from None
@@ -105,9 +157,7 @@ def permanent_failures(path: Path) -> dict[tuple[str, str, str], ReplayRecord]:
 
 
 def _record(row: PromptRow, model: str, fingerprint: str, response: dict[str, Any]) -> ReplayRecord:
-    stage = StageResult.from_response(model, row.endpoint, response)
-    fields = {f: getattr(stage, f) for f in _MEASURED}
-    return ReplayRecord(prompt_id=row.id, model=model, fingerprint=fingerprint, **fields)
+    return ReplayRecord(row.id, model, fingerprint, stage=StageResult.from_response(model, row.endpoint, response))
 
 
 async def _replay(
@@ -138,7 +188,7 @@ async def _replay(
                                               permanent=resp.status_code in _PERMANENT_STATUS)
                 except (httpx.HTTPError, ValueError) as exc:
                     record = ReplayRecord(row.id, model, fingerprints[model], error=f"{type(exc).__name__}: {exc}")
-                sink.write(json.dumps(asdict(record)) + "\n")
+                sink.write(record.to_json() + "\n")
                 sink.flush()
                 on_done(record)
 

@@ -1,13 +1,24 @@
 """``cascade calibrate FILE --prompts data.jsonl``: measure the live fleet on the user's prompts and fit.
 
-Steps (progress shown with rich): replay every prompt through every model of the running fleet
-(``calibration.replay``: resumable, cached in ``OUT/replay.jsonl``), grade and build the table, split it
-(seeded) into estimator-training and held-out prompts, fit the quality estimators and the GPU-time
-cost model on the training prompts, measure the cost model's error on the held-out ones, compute every
-policy's lambda curve on the held-out validation half, pick the lambda for ``--budget``, run the
-Pareto report on the held-out test half (``evaluation.protocol``), and write the artifacts
-(``estimators.artifacts``) and ``OUT/pareto.png``. The fleet file can then say
-``cascade: {artifacts: OUT, budget_gpu_s: B}`` and the controller serves with them.
+Steps, one function each, called in order by :func:`run_calibrate`:
+
+1. **Inputs**: the fleet file, the prompt file, the models' fingerprints, the cascade's depth (a
+   malformed ``--budget`` fails here, before the replay).
+2. **Replay** every prompt through every model of the running fleet (``calibration.replay``:
+   resumable, cached in ``OUT/replay.jsonl``).
+3. **Grade** the answers and build the table (``calibration.fit``).
+4. **Split** the table (seeded) into estimator-training and held-out prompts.
+5. **Fit** the quality estimators and the GPU-time cost model on the training prompts; measure the cost
+   model's error on the held-out ones.
+6. **Lambda curves** of every policy on the held-out validation half.
+7. **Report**: the Pareto report on the held-out test half (``evaluation.protocol``).
+8. **Budget**: the lambda for ``--budget`` on the fleet policy's curve.
+9. **Summary and save**: the artifacts (``estimators.artifacts``) and ``OUT/pareto.png``.
+10. **Unreachable budget**: a budget below the cheapest setting is an error, raised after step 9.
+
+The fleet file can then say ``cascade: {artifacts: OUT, budget_gpu_s: B}`` and the controller serves
+with them. The run prints nothing: it tells a :class:`~calibration.reporter.Reporter` what it does
+(the command's terminal UI is ``cascade_serve.calibrate``).
 """
 
 from __future__ import annotations
@@ -15,14 +26,28 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
+from sklearn.model_selection import train_test_split
 
+from calibration.fit import GradedTable, build_table, lambda_curves, split_rows
+from calibration.prompt_set import PromptRow, load_prompt_set
+from calibration.replay import ReplayRecord, load_cache, permanent_failures, replay
+from calibration.reporter import Reporter, SilentReporter
 from cluster.config import FleetConfig
 from cluster.fingerprint import fleet_fingerprints
+from estimators.artifacts import lambda_for_budget, save_artifacts
+from estimators.calibrated_cost import CostSample, GpuTimeCostModel
+from estimators.stage import QueryInfo
+from estimators.table import QueryModelTable
+from estimators.trained_quality import TrainedQualityEstimator
+from evaluation.plots import plot_quality_cost
+from evaluation.protocol import ProtocolSettings, run_protocol
 from routing import BudgetUnreachableError, core_policy_name
 
 __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"]
@@ -33,9 +58,13 @@ __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"
 # cascade routing's by 4-5.4 (3 splits each of 2 replays); on RouterBench's text it moves AUC by 0.1.
 QUALITY_PARAMS: dict[str, Any] = {"n_shape_features": 2**12}
 
+Records = Mapping[tuple[str, str], ReplayRecord]
+
 
 @dataclass(frozen=True)
 class CalibrateOptions:
+    """What ``cascade calibrate`` was asked to do (its command-line options, resolved)."""
+
     fleet_file: Path
     prompts: Path
     out: Path
@@ -49,7 +78,6 @@ class CalibrateOptions:
     max_depth: int | None = None
     api_key: str | None = None
     bootstrap: int = 200
-    quiet: bool = False
 
 
 def parse_budget(text: str, strongest_gpu_s: float) -> float:
@@ -66,190 +94,267 @@ def parse_budget(text: str, strongest_gpu_s: float) -> float:
     return value
 
 
-def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
-    """Run the whole calibration; returns the summary written to ``OUT/calibration.json``.
+def run_calibrate(opts: CalibrateOptions, *, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the whole calibration (module docstring, steps 1-10).
 
-    A ``--budget`` below the cheapest setting raises ``BudgetUnreachableError`` after the artifacts are
-    written (their budget has ``lambda: null`` and the ``cheapest_gpu_s`` to ask for instead).
+    Parameters
+    ----------
+    opts : CalibrateOptions
+        The command's options.
+    reporter : Reporter, optional
+        Told each step's progress, notes and warnings; by default nothing is reported.
+
+    Returns
+    -------
+    dict
+        The summary written to ``OUT/calibration.json``.
+
+    Raises
+    ------
+    BudgetUnreachableError
+        ``--budget`` is below the cheapest setting. The artifacts are written first: their budget has
+        ``lambda: null`` and the ``cheapest_gpu_s`` to ask for instead.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from sklearn.model_selection import train_test_split
+    reporter = reporter if reporter is not None else SilentReporter()
+    started_s = time.perf_counter()
+    inputs = _load_inputs(opts)
+    records = _replay(opts, inputs, reporter)
+    replay_s = time.perf_counter() - started_s
+    graded = _grade(inputs, records, reporter)
+    split = _split(graded.table, opts)
+    fitted = _fit(opts, inputs, split, records, reporter)
+    settings = _protocol_settings(graded.table, opts, inputs.max_depth)
+    curves = _lambda_curves(split.held, settings, fitted.quality, reporter)
+    report = _pareto_report(split, settings, reporter)
+    budget, unreachable = _budget(opts, inputs.fleet, graded.table, curves)
+    timing_s = {"replay": replay_s, "fit": fitted.fit_s, "total": time.perf_counter() - started_s}
+    summary = _summary(opts, inputs, graded, split, fitted, curves, report, budget, timing_s)
+    _save(opts, summary, fitted, report)
+    if unreachable is not None:
+        raise _unreachable_error(opts, unreachable, _strongest_gpu_s(graded.table))
+    return summary
 
-    from calibration.fit import build_table, lambda_curves, split_rows
-    from calibration.prompt_set import load_prompt_set
-    from calibration.replay import load_cache, permanent_failures, replay
-    from cascade_serve.progress import LoggedProgress
-    from estimators.artifacts import lambda_for_budget, save_artifacts
-    from estimators.calibrated_cost import CostSample, GpuTimeCostModel
-    from estimators.trained_quality import TrainedQualityEstimator
-    from evaluation.plots import plot_quality_cost
-    from evaluation.protocol import ProtocolSettings, run_protocol
 
-    console = Console(stderr=True, quiet=opts.quiet)
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class _Inputs:
+    fleet: FleetConfig
+    rows: list[PromptRow]
+    fingerprints: dict[str, str]  # model id → fingerprint, in the fleet file's order
+    max_depth: int
+
+
+def _load_inputs(opts: CalibrateOptions) -> _Inputs:
+    """Step 1: the fleet, the prompts, the fingerprints and the depth; bad options fail here."""
     if opts.budget is not None:
         parse_budget(opts.budget, 1.0)  # a malformed --budget fails now, not after the replay
     fleet = FleetConfig.from_file(opts.fleet_file)
     rows = load_prompt_set(opts.prompts, default_grader=opts.grader, default_max_tokens=opts.max_tokens)
-    fingerprints = fleet_fingerprints(fleet)
     models = fleet.model_ids
     depth = opts.max_depth or fleet.cascade.max_depth or len(models)
     if not 1 <= depth <= len(models):
         raise ValueError(f"--max-depth must be in [1, {len(models)}], got {depth}")
+    return _Inputs(fleet=fleet, rows=rows, fingerprints=fleet_fingerprints(fleet), max_depth=depth)
+
+
+def _replay(opts: CalibrateOptions, inputs: _Inputs, reporter: Reporter) -> dict[tuple[str, str], ReplayRecord]:
+    """Step 2: every (prompt, model) pair the cache lacks, through the fleet; failures become warnings."""
+    rows, fingerprints = inputs.rows, inputs.fingerprints
+    step = f"replay {len(rows)} prompts x {len(fingerprints)} models"
+    total = len(rows) * len(fingerprints)
+    cache = opts.out / "replay.jsonl"
+    cached = [key for key in load_cache(cache).keys() | permanent_failures(cache).keys()
+              if key[2] == fingerprints.get(key[1])]
+    done = min(len(cached), total)
+    reporter.progress(step, done, total)
     errors: list[str] = []  # transient: retried by the next run
     rejected: list[str] = []  # the model refused the request: the prompt is left out
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with LoggedProgress(*columns, console=console, transient=False, disable=opts.quiet) as bar:
-        task = bar.add_task(f"replay {len(rows)} prompts x {len(models)} models", total=len(rows) * len(models))
-        cache = opts.out / "replay.jsonl"
-        already = len([k for k in load_cache(cache).keys() | permanent_failures(cache).keys()
-                       if k[2] == fingerprints.get(k[1])])
-        bar.update(task, completed=min(already, len(rows) * len(models)))
 
-        def on_done(record: Any) -> None:
-            if record.error is not None:
-                (rejected if record.permanent else errors).append(
-                    f"{record.prompt_id} on {record.model}: {record.error}")
-            bar.advance(task)
+    def on_done(record: ReplayRecord) -> None:
+        nonlocal done
+        if record.error is not None:
+            (rejected if record.permanent else errors).append(f"{record.prompt_id} on {record.model}: {record.error}")
+        done += 1
+        reporter.progress(step, done, total)
 
-        # Replicas that share the machine's processor are timed one model at a time (calibration.replay).
-        shared_processor = any(spec.on_cpu for spec in fleet.models)
-        records = replay(opts.url, rows, fingerprints, cache, concurrency=opts.concurrency,
-                         models_at_once=1 if shared_processor else None, api_key=opts.api_key, on_done=on_done)
-        replay_s = time.perf_counter() - started
-        grading = bar.add_task("grade answers", total=len(rows) * len(models))
-        graded = build_table(rows, models, records,
-                             progress=lambda _stage, done, total: bar.update(grading, completed=done, total=total))
+    # Replicas that share the machine's processor are timed one model at a time (calibration.replay).
+    shared_processor = any(spec.on_cpu for spec in inputs.fleet.models)
+    records = replay(opts.url, rows, fingerprints, cache, concurrency=opts.concurrency,
+                     models_at_once=1 if shared_processor else None, api_key=opts.api_key, on_done=on_done)
     if rejected:
-        console.print(f"[yellow]{len(rejected)} request(s) rejected by a model (not asked again; their prompts are "
-                      f"left out), e.g. {rejected[0]}")
+        reporter.warning(f"{len(rejected)} request(s) rejected by a model (not asked again; their prompts are "
+                         f"left out), e.g. {rejected[0]}")
     if errors:
-        console.print(f"[yellow]{len(errors)} replay call(s) failed (kept in the cache, retried next run), "
-                      f"e.g. {errors[0]}")
-    table = graded.table
+        reporter.warning(f"{len(errors)} replay call(s) failed (kept in the cache, retried next run), "
+                         f"e.g. {errors[0]}")
+    return records
+
+
+def _grade(inputs: _Inputs, records: Records, reporter: Reporter) -> GradedTable:
+    """Step 3: every answer graded, the table built."""
+    models = inputs.fleet.model_ids
+    step = "grade answers"
+    reporter.progress(step, 0, len(inputs.rows) * len(models))
+    return build_table(inputs.rows, models, records,
+                       progress=lambda _stage, done, total: reporter.progress(step, done, total))
+
+
+@dataclass(frozen=True)
+class _Split:
+    train_rows: NDArray[np.intp]
+    held_rows: NDArray[np.intp]
+    train: QueryModelTable
+    held: QueryModelTable
+
+
+def _split(table: QueryModelTable, opts: CalibrateOptions) -> _Split:
+    """Step 4: seeded estimator-training and held-out rows."""
     train_rows, held_rows = split_rows(table.n_queries, held_out=opts.held_out, seed=opts.seed)
-    train, held = table.take(train_rows), table.take(held_rows)
+    return _Split(train_rows=train_rows, held_rows=held_rows, train=table.take(train_rows), held=table.take(held_rows))
 
-    console.print("fitting the quality estimators and the cost model ...")
-    t0 = time.perf_counter()
-    quality = TrainedQualityEstimator(random_state=opts.seed).set_params(**QUALITY_PARAMS).fit(train)
-    by_id = {r.id: r for r in rows}
 
-    def samples(sub: Any) -> list[Any]:
-        out = []
-        for pid in sub.sample_ids:
-            for model in sub.models:
-                rec = records[(pid, model)]
-                if rec.prefill_s + rec.decode_s <= 0:
-                    continue
-                out.append(CostSample(
-                    model=model, prompt_text=by_id[pid].text, prompt_tokens=rec.prompt_tokens,
-                    completion_tokens=rec.completion_tokens, max_tokens=by_id[pid].max_tokens,
-                    prefill_s=rec.prefill_s, decode_s=rec.decode_s,
-                    finish_reason="length" if rec.finish_reason == "length" else "stop",
-                ))
-        return out
+@dataclass(frozen=True)
+class _Fitted:
+    quality: TrainedQualityEstimator
+    cost: GpuTimeCostModel
+    mape: dict[str, dict[str, float]]  # model → the cost model's held-out error, ex ante and given tokens
+    fit_s: float
 
-    gpus = {spec.model_id: max(1, spec.gpus_per_replica) for spec in fleet.models}
-    cost = GpuTimeCostModel(concurrency=opts.concurrency, gpus_per_replica=gpus).fit(samples(train))
-    mape = cost.mape(samples(held))
-    fit_s = time.perf_counter() - t0
 
-    # The protocol's validation/test split of the held-out rows, reproduced for the lambda curves.
-    settings = ProtocolSettings(models=tuple(table.models), estimators="trained", noise=None, seed=opts.seed,
-                                test_size=0.5, max_depth=depth, n_bootstrap=opts.bootstrap)
+def _fit(opts: CalibrateOptions, inputs: _Inputs, split: _Split, records: Records, reporter: Reporter) -> _Fitted:
+    """Step 5: quality estimators and cost model on the training rows; the cost model's held-out error."""
+    reporter.note("fitting the quality estimators and the cost model ...")
+    started_s = time.perf_counter()
+    quality = TrainedQualityEstimator(random_state=opts.seed).set_params(**QUALITY_PARAMS).fit(split.train)
+    by_id = {row.id: row for row in inputs.rows}
+    gpus = {spec.model_id: max(1, spec.gpus_per_replica) for spec in inputs.fleet.models}
+    cost = GpuTimeCostModel(concurrency=opts.concurrency, gpus_per_replica=gpus).fit(
+        _cost_samples(split.train, by_id, records))
+    mape = cost.mape(_cost_samples(split.held, by_id, records))
+    return _Fitted(quality=quality, cost=cost, mape=mape, fit_s=time.perf_counter() - started_s)
+
+
+def _cost_samples(table: QueryModelTable, rows: Mapping[str, PromptRow], records: Records) -> list[CostSample]:
+    """The cost model's rows: every answer of the table's prompts that took engine time."""
+    out = []
+    for pid in table.sample_ids:
+        row = rows[pid]
+        for model in table.models:
+            stage = records[(pid, model)].stage
+            if stage is None or stage.prefill_s + stage.decode_s <= 0:
+                continue
+            query = QueryInfo(text=row.text, prompt_tokens=stage.prompt_tokens, max_tokens=row.max_tokens)
+            out.append(CostSample.from_stage(query, stage,
+                                             finish_reason="length" if stage.finish_reason == "length" else "stop"))
+    return out
+
+
+def _protocol_settings(table: QueryModelTable, opts: CalibrateOptions, max_depth: int) -> ProtocolSettings:
+    """The Pareto report's settings; the lambda curves reproduce its validation/test split."""
+    return ProtocolSettings(models=tuple(table.models), estimators="trained", noise=None, seed=opts.seed,
+                            test_size=0.5, max_depth=max_depth, n_bootstrap=opts.bootstrap)
+
+
+def _lambda_curves(
+    held: QueryModelTable, settings: ProtocolSettings, quality: TrainedQualityEstimator, reporter: Reporter
+) -> dict[str, list[dict[str, float]]]:
+    """Step 6: every policy's lambda curve on the held-out validation half, with the trained estimates."""
     val, _test = train_test_split(np.arange(held.n_queries), test_size=settings.test_size,
                                   random_state=settings.split_seed)
     val_table = held.take(val)
-    console.print("lambda curves on the validation prompts ...")
-    curves = lambda_curves(quality.estimate_source(val_table), np.asarray(val_table.quality),
-                           np.asarray(val_table.cost), max_depth=depth)
-    console.print("Pareto report on the held-out test prompts ...")
-    report = run_protocol(held, settings, estimator_table=train, estimator_params=QUALITY_PARAMS)
-    report["settings"]["cost_unit"] = "GPU-seconds per query"
+    reporter.note("lambda curves on the validation prompts ...")
+    return lambda_curves(quality.estimate_source(val_table), np.asarray(val_table.quality),
+                         np.asarray(val_table.cost), max_depth=settings.max_depth)
 
+
+def _pareto_report(split: _Split, settings: ProtocolSettings, reporter: Reporter) -> dict[str, Any]:
+    """Step 7: the protocol on the held-out rows, estimators trained on the training rows."""
+    reporter.note("Pareto report on the held-out test prompts ...")
+    report = run_protocol(split.held, settings, estimator_table=split.train, estimator_params=QUALITY_PARAMS)
+    report["settings"]["cost_unit"] = "GPU-seconds per query"
+    return report
+
+
+def _budget(
+    opts: CalibrateOptions, fleet: FleetConfig, table: QueryModelTable, curves: dict[str, list[dict[str, float]]]
+) -> tuple[dict[str, Any] | None, BudgetUnreachableError | None]:
+    """Step 8: the summary's budget entry (None without ``--budget``), and the error of one out of reach."""
+    if opts.budget is None:
+        return None, None
+    budget_gpu_s = parse_budget(opts.budget, _strongest_gpu_s(table))
+    policy = core_policy_name(fleet.cascade.policy)
+    unreachable = None
+    try:
+        point: dict[str, Any] = lambda_for_budget(curves[policy], budget_gpu_s)
+    except BudgetUnreachableError as exc:
+        # The fit is kept (saved, the budget marked out of reach): a reachable cascade.budget_gpu_s is
+        # then served from these curves without calibrating again.
+        unreachable = exc
+        point = {"lambda": None, "cheapest_gpu_s": exc.cheapest_cost}
+    return {"budget_gpu_s": budget_gpu_s, "policy": policy, **point}, unreachable
+
+
+def _strongest_gpu_s(table: QueryModelTable) -> float:
+    """The costliest model's mean GPU-seconds per query."""
+    return float(np.asarray(table.cost).mean(axis=0).max())
+
+
+def _summary(
+    opts: CalibrateOptions, inputs: _Inputs, graded: GradedTable, split: _Split, fitted: _Fitted,
+    curves: dict[str, list[dict[str, float]]], report: dict[str, Any], budget: dict[str, Any] | None,
+    timing_s: dict[str, float],
+) -> dict[str, Any]:
+    """Step 9, first half: what ``OUT/calibration.json`` says."""
+    table = graded.table
     model_gpu_s = np.asarray(table.cost).mean(axis=0)
     per_model = {
         m: {"accuracy": float(np.asarray(table.quality)[:, j].mean()), "gpu_s_per_query": float(model_gpu_s[j]),
-            "cost_mape_ex_ante": mape[m]["ex_ante"], "cost_mape_given_tokens": mape[m]["given_tokens"]}
+            "cost_mape_ex_ante": fitted.mape[m]["ex_ante"], "cost_mape_given_tokens": fitted.mape[m]["given_tokens"]}
         for j, m in enumerate(table.models)
     }
-    budget: dict[str, Any] | None = None
-    unreachable: BudgetUnreachableError | None = None
-    if opts.budget is not None:
-        b = parse_budget(opts.budget, float(model_gpu_s.max()))
-        policy = core_policy_name(fleet.cascade.policy)
-        try:
-            point: dict[str, Any] = lambda_for_budget(curves[policy], b)
-        except BudgetUnreachableError as exc:
-            # The fit is kept (saved below, the budget marked out of reach): a reachable
-            # cascade.budget_gpu_s is then served from these curves without calibrating again.
-            unreachable = exc
-            point = {"lambda": None, "cheapest_gpu_s": exc.cheapest_cost}
-        budget = {"budget_gpu_s": b, "policy": policy, **point}
     kinds = Counter(table.answer_kinds or ())
-    summary: dict[str, Any] = {
+    return {
         "fleet_file": str(opts.fleet_file),
-        "fingerprints": fingerprints,
+        "fingerprints": inputs.fingerprints,
         "models": list(table.models),
         "answer_kind": kinds.most_common(1)[0][0] if kinds else "final",
-        "max_depth": depth,
+        "max_depth": inputs.max_depth,
         "concurrency": opts.concurrency,
-        "prompts": {"file": str(opts.prompts), "total": len(rows), "used": table.n_queries,
+        "prompts": {"file": str(opts.prompts), "total": len(inputs.rows), "used": table.n_queries,
                     "missing_answers": graded.missing, "grade_problems": graded.grade_problems,
-                    "training": len(train_rows), "held_out": len(held_rows), "seed": opts.seed},
+                    "training": len(split.train_rows), "held_out": len(split.held_rows), "seed": opts.seed},
         "per_model": per_model,
-        "cost_coefficients": cost.coefficients(),
+        "cost_coefficients": fitted.cost.coefficients(),
         "lambda_curves": curves,
         "budget": budget,
         "report": {"auc": report["auc"], "ci": report["ci"], "points": report["points"],
                    "settings": report["settings"]},
-        "timing_s": {"replay": replay_s, "fit": fit_s, "total": time.perf_counter() - started},
+        "timing_s": timing_s,
     }
-    save_artifacts(opts.out, summary, quality, cost)
+
+
+def _save(opts: CalibrateOptions, summary: dict[str, Any], fitted: _Fitted, report: dict[str, Any]) -> None:
+    """Step 9, second half: the artifacts and the Pareto plot."""
+    save_artifacts(opts.out, summary, fitted.quality, fitted.cost)
     plot_quality_cost(report, opts.out / "pareto.png", title=f"{opts.prompts.name}: held-out test prompts")
-    if unreachable is not None:
-        cheapest = unreachable.cheapest_cost
-        at_least = _round_up(cheapest)  # the figure the user copies must itself be reachable
-        percent = math.ceil(100 * cheapest / float(model_gpu_s.max()))
-        raise BudgetUnreachableError(
-            f"--budget {opts.budget}: {unreachable}. The estimators and lambda curves are saved in {opts.out}: "
-            f"serve them with cascade.budget_gpu_s >= {at_least:g} in the fleet file, or run again with "
-            f"--budget {at_least:g} or more ({percent}% of the costliest model; the replay is cached, only "
-            "the fit runs again)",
-            cheapest_cost=cheapest,
-        )
-    return summary
+
+
+def _unreachable_error(
+    opts: CalibrateOptions, unreachable: BudgetUnreachableError, strongest_gpu_s: float
+) -> BudgetUnreachableError:
+    """Step 10: the error of a budget out of reach, naming the budget to ask for instead."""
+    cheapest = unreachable.cheapest_cost
+    at_least = _round_up(cheapest)  # the figure the user copies must itself be reachable
+    percent = math.ceil(100 * cheapest / strongest_gpu_s)
+    return BudgetUnreachableError(
+        f"--budget {opts.budget}: {unreachable}. The estimators and lambda curves are saved in {opts.out}: "
+        f"serve them with cascade.budget_gpu_s >= {at_least:g} in the fleet file, or run again with "
+        f"--budget {at_least:g} or more ({percent}% of the costliest model; the replay is cached, only "
+        "the fit runs again)",
+        cheapest_cost=cheapest,
+    )
 
 
 def _round_up(value: float, digits: int = 4) -> float:
     """``value`` rounded up to ``digits`` significant digits."""
     scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
     return math.ceil(value * scale) / scale
-
-
-def print_summary(summary: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    models = Table(title="models (all calibration prompts; cost error on held-out prompts)")
-    for col in ("model", "accuracy", "GPU-s / query", "cost MAPE ex ante", "given tokens"):
-        models.add_column(col, justify="right" if col != "model" else "left")
-    for m, v in summary["per_model"].items():
-        models.add_row(m, f"{v['accuracy']:.3f}", f"{v['gpu_s_per_query']:.4g}", f"{100 * v['cost_mape_ex_ante']:.1f}%",
-                       f"{100 * v['cost_mape_given_tokens']:.1f}%")
-    console.print(models)
-    auc = Table(title="held-out Pareto report: AUC x100 (mean quality over the models' cost range)")
-    auc.add_column("policy")
-    auc.add_column("AUC", justify="right")
-    for k, v in summary["report"]["auc"].items():
-        auc.add_row(k, f"{v:.2f}")
-    console.print(auc)
-    if summary["budget"] is not None:
-        b = summary["budget"]
-        console.print(f"budget {b['budget_gpu_s']:.4g} GPU-s/query → {b['policy']} lambda {b['lambda']:.4g} "
-                      f"(validation: {b['cost']:.4g} GPU-s, quality {b['quality']:.3f})")
-    console.print(f"artifacts: {out}/calibration.json, {out}/estimators.pkl; plot: {out}/pareto.png")
-    console.print(f"serve with them: cascade: {{artifacts: {out}, budget_gpu_s: ...}} in the fleet file")

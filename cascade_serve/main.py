@@ -27,6 +27,8 @@ __all__ = ["main"]
 
 # The shared benchmark folder sits beside the repository checkout (../shared/data/routerbench).
 _DEFAULT_ROUTERBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
+# Under runs/ (git-ignored), not calibration/: that is the package of the command's own code.
+_DEFAULT_CALIBRATION = Path("runs") / "calibration"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -104,7 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ca.add_argument("file", type=Path, help="fleet file of the running fleet")
     ca.add_argument("--prompts", type=Path, required=True,
                     help="JSON lines: {messages|prompt, answer, [id, grader, task, max_tokens]} per line")
-    ca.add_argument("--out", type=Path, default=None, help="artifact folder (default calibration/<fleet file stem>)")
+    ca.add_argument("--out", type=Path, default=None,
+                    help="artifact folder (default runs/calibration/<fleet file stem>)")
     ca.add_argument("--budget", default=None,
                     help="average GPU-seconds per query (0.05) or a share of the strongest model's cost (40%%)")
     ca.add_argument("--url", default=None, help="endpoint of the fleet (default http://127.0.0.1:8000)")
@@ -217,19 +220,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from calibration.run import CalibrateOptions, print_summary, run_calibrate
+    from calibration.run import CalibrateOptions, run_calibrate
+    from cascade_serve.calibrate import ConsoleReporter, print_summary
     from estimators.artifacts import ArtifactsError
 
-    out = args.out or Path("calibration") / args.file.stem
+    out = args.out or _DEFAULT_CALIBRATION / args.file.stem
     keys = [k for k in os.environ.get("CASCADE_API_KEYS", "").split(",") if k]
     opts = CalibrateOptions(
         fleet_file=args.file, prompts=args.prompts, out=out, url=args.url or "http://127.0.0.1:8000",
         budget=args.budget, held_out=args.held_out, concurrency=args.concurrency, seed=args.seed,
         grader=args.grader, max_tokens=args.max_tokens, max_depth=args.max_depth,
-        api_key=keys[0] if keys else None, bootstrap=args.bootstrap, quiet=args.quiet,
+        api_key=keys[0] if keys else None, bootstrap=args.bootstrap,
     )
     try:
-        summary = run_calibrate(opts)
+        with ConsoleReporter(quiet=args.quiet) as reporter:
+            summary = run_calibrate(opts, reporter=reporter)
     except ArtifactsError as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from calibration.graders import numeric_match
     from calibration.run import CalibrateOptions, run_calibrate
+    from cascade_serve.calibrate import ConsoleReporter
     from cascade_serve.progress import LoggedProgress
     from cluster.config import FleetConfig
     from estimators.artifacts import load_artifacts
@@ -178,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             # The cost model must be fitted on timings taken beside the live run: the same model's engine
             # seconds differ by 2x between sessions on 2 shared cores.
             (args.out / "replay.jsonl").unlink(missing_ok=True)
-        summary = run_calibrate(CalibrateOptions(
-            fleet_file=args.fleet, prompts=cal_file, out=args.out, url=url, concurrency=args.concurrency,
-            max_tokens=MAX_ANSWER_TOKENS, budget=None,
-        ))
+        with ConsoleReporter() as reporter:
+            summary = run_calibrate(CalibrateOptions(
+                fleet_file=args.fleet, prompts=cal_file, out=args.out, url=url, concurrency=args.concurrency,
+                max_tokens=MAX_ANSWER_TOKENS, budget=None,
+            ), reporter=reporter)
         artifacts = load_artifacts(args.out)
         calibrated = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(
             update={"artifacts": args.out.resolve()})})

@@ -3,6 +3,7 @@ picks its lambda from."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection
 
@@ -21,6 +22,7 @@ from calibration.replay import ReplayRecord
 from estimators.answer_signals import answer_stats
 from estimators.artifacts import lambda_for_budget
 from estimators.calibrated_quality import SERVING_TASK
+from estimators.stage import StageResult
 from routing import CONSTANT_LAMBDA_POLICIES, BudgetUnreachableError, TableEstimates
 
 # -- grader hooks, imported by name as a prompt file names them ------------------------------------
@@ -76,11 +78,11 @@ def _records(rows: list[PromptRow], *, skip: Collection[tuple[str, str]] = ()) -
             if (row.id, model) in skip:
                 continue
             lp = (-0.1, -0.2) if model == "big" else (-1.0, -3.0, -0.5)
-            out[(row.id, model)] = ReplayRecord(
-                prompt_id=row.id, model=model, fingerprint="fp", text=_answer(row, model),
-                finish_reason="length" if model == "small" else "stop", prompt_tokens=10,
-                completion_tokens=len(lp), token_logprobs=lp, queue_s=1.0, prefill_s=gpu_s / 5, decode_s=gpu_s * 4 / 5,
-            )
+            out[(row.id, model)] = ReplayRecord(prompt_id=row.id, model=model, fingerprint="fp", stage=StageResult(
+                model=model, text=_answer(row, model), finish_reason="length" if model == "small" else "stop",
+                prompt_tokens=10, completion_tokens=len(lp), token_logprobs=lp, queue_s=1.0, prefill_s=gpu_s / 5,
+                decode_s=gpu_s * 4 / 5,
+            ))
     return out
 
 
@@ -106,6 +108,14 @@ def test_build_table_grades_sorts_by_cost_and_drops_unanswered_prompts() -> None
     np.testing.assert_allclose(table.answer_stats[0, 1], answer_stats((-0.1, -0.2), "stop"))
     assert table.answer_kinds == ("final",) * 9 + ("choice", "final", "final")
     assert progress[-1] == ("grade", 24, 24) and len(progress) == 24
+
+
+def test_a_failed_call_counts_as_no_answer() -> None:
+    rows = _rows()
+    records = _records(rows)
+    records[("gone", "big")] = ReplayRecord("gone", "big", "fp", error="HTTP 500: engine died")
+    graded = build_table(rows, ["big", "small"], records)
+    assert graded.missing == ["gone"] and "gone" not in graded.table.sample_ids
 
 
 def test_a_failing_grader_keeps_the_row_and_records_the_problem() -> None:
@@ -267,7 +277,9 @@ def test_curves_with_the_trained_estimators_source() -> None:
     records = _records(rows)
     for i in range(30):  # small says the number right on every third prompt
         rec = records[(f"x{i}", "small")]
-        records[(f"x{i}", "small")] = ReplayRecord(**{**rec.__dict__, "text": str(i if i % 3 == 0 else i + 1)})
+        assert rec.stage is not None
+        stage = dataclasses.replace(rec.stage, text=str(i if i % 3 == 0 else i + 1))
+        records[(f"x{i}", "small")] = dataclasses.replace(rec, stage=stage)
     table = build_table(rows, ["small", "big"], records).table
     est = TrainedQualityEstimator(cv=3, n_text_features=2**8, random_state=0).fit(table)
     source = est.estimate_source(table)

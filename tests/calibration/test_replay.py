@@ -9,7 +9,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,31 @@ import pytest
 
 from calibration.prompt_set import PromptRow
 from calibration.replay import ReplayRecord, load_cache, permanent_failures, replay
+from estimators.stage import StageResult
 
 # -- load_cache ----------------------------------------------------------------------------------------
 
 
+# Every field a cache line has held since the cache exists, with a failed call's values.
+_FLAT = {"text": "", "finish_reason": None, "prompt_tokens": 0, "completion_tokens": 0, "token_logprobs": [],
+         "queue_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0, "error": None, "permanent": False}
+
+
 def _line(prompt_id: str, model: str = "small", fp: str = "fp1", **fields: Any) -> str:
-    return json.dumps(asdict(ReplayRecord(prompt_id, model, fp, **fields)))
+    """A cache line as every version wrote it: one flat JSON object."""
+    return json.dumps({"prompt_id": prompt_id, "model": model, "fingerprint": fp, **_FLAT, **fields})
+
+
+def _stage(model: str = "small", **fields: Any) -> StageResult:
+    """A stage with nothing measured but ``fields``."""
+    empty = {"prompt_tokens": 0, "completion_tokens": 0, "token_logprobs": (), "queue_s": 0.0, "prefill_s": 0.0,
+             "decode_s": 0.0}
+    return StageResult(model=model, **{**empty, **fields})
+
+
+def _text(record: ReplayRecord) -> str:
+    assert record.stage is not None
+    return record.stage.text
 
 
 def _write(path: Path, *lines: str, end: str = "\n") -> Path:
@@ -37,14 +55,15 @@ def test_missing_cache_is_empty(tmp_path: Path) -> None:
 
 def test_records_round_trip_by_prompt_model_and_fingerprint(tmp_path: Path) -> None:
     path = _write(tmp_path / "c.jsonl",
-                  _line("a", text="42", token_logprobs=(-0.5, -0.25), prefill_s=0.1, decode_s=0.2),
+                  _line("a", text="42", token_logprobs=[-0.5, -0.25], prefill_s=0.1, decode_s=0.2),
                   "", _line("a", model="large"), _line("a", fp="fp2", text="other"))
     cache = load_cache(path)
     assert set(cache) == {("a", "small", "fp1"), ("a", "large", "fp1"), ("a", "small", "fp2")}
     record = cache[("a", "small", "fp1")]
-    assert record == ReplayRecord("a", "small", "fp1", text="42", token_logprobs=(-0.5, -0.25), prefill_s=0.1,
-                                  decode_s=0.2)
-    assert isinstance(record.token_logprobs, tuple) and record.gpu_s == pytest.approx(0.3)
+    assert record == ReplayRecord("a", "small", "fp1", stage=_stage(text="42", token_logprobs=(-0.5, -0.25),
+                                                                    prefill_s=0.1, decode_s=0.2))
+    assert record.stage is not None
+    assert isinstance(record.stage.token_logprobs, tuple) and record.stage.gpu_s == pytest.approx(0.3)
 
 
 def test_later_lines_win_and_errors_remove_successes(tmp_path: Path) -> None:
@@ -56,7 +75,7 @@ def test_later_lines_win_and_errors_remove_successes(tmp_path: Path) -> None:
         _line("d", error="ReadTimeout: "),  # d: only failed
     )
     cache = load_cache(path)
-    assert {k[0]: r.text for k, r in cache.items()} == {"a": "second", "c": "retried"}
+    assert {k[0]: _text(r) for k, r in cache.items()} == {"a": "second", "c": "retried"}
 
 
 def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
@@ -72,6 +91,44 @@ def test_a_bad_middle_line_is_an_error_naming_path_and_line(tmp_path: Path, bad:
     path = _write(tmp_path / "c.jsonl", _line("a"), bad, _line("b"))
     with pytest.raises(ValueError, match=rf"^{path}:2: not a replay record .*delete the file to start over"):
         load_cache(path)
+
+
+@pytest.mark.parametrize("bad", ['{"prompt_id": "x", "model": "m", "fingerprint": "f", "prompt_tokens": "7"}',
+                                 '{"prompt_id": "x", "model": "m", "fingerprint": "f", "decode_s": true}',
+                                 '{"prompt_id": "x", "model": "m", "fingerprint": "f", "token_logprobs": ["a"]}',
+                                 '{"prompt_id": 3, "model": "m", "fingerprint": "f"}',
+                                 '{"prompt_id": "x", "model": "m", "fingerprint": "f", "permanent": 1}'])
+def test_a_value_of_the_wrong_type_is_not_a_record(tmp_path: Path, bad: str) -> None:
+    path = _write(tmp_path / "c.jsonl", _line("a"), bad, _line("b"))
+    with pytest.raises(ValueError, match=rf"^{path}:2: not a replay record"):
+        load_cache(path)
+
+
+@pytest.mark.parametrize("record", [
+    ReplayRecord("a", "large", "fp", stage=StageResult(
+        model="large", prompt_tokens=7, completion_tokens=3, token_logprobs=(-0.25, -1e4), queue_s=0.005,
+        prefill_s=0.02, decode_s=0.03, text="large: 42", finish_reason="length")),
+    ReplayRecord("a", "large", "fp", error="HTTP 500: engine died"),
+    ReplayRecord("a", "large", "fp", error="HTTP 400: too long", permanent=True),
+])
+def test_a_record_written_now_reads_back_as_the_flat_line_of_every_version(record: ReplayRecord) -> None:
+    line = record.to_json()
+    assert list(json.loads(line)) == ["prompt_id", "model", "fingerprint", *_FLAT]  # the layout on disk
+    assert ReplayRecord.from_json(line) == record
+
+
+def test_a_record_has_a_stage_or_an_error() -> None:
+    with pytest.raises(ValueError, match="a stage or an error, never both or neither"):
+        ReplayRecord("a", "small", "fp1")
+    with pytest.raises(ValueError, match="a stage or an error, never both or neither"):
+        ReplayRecord("a", "small", "fp1", stage=_stage(), error="HTTP 500: engine died")
+
+
+def test_a_failed_call_has_no_stage_and_a_bare_line_an_empty_one() -> None:
+    failed = ReplayRecord.from_json(_line("a", error="ReadTimeout: "))
+    assert failed.stage is None and failed.error == "ReadTimeout: " and not failed.permanent
+    bare = ReplayRecord.from_json(json.dumps({"prompt_id": "a", "model": "small", "fingerprint": "fp1"}))
+    assert bare == ReplayRecord("a", "small", "fp1", stage=_stage())
 
 
 # -- replay against a fake fleet -----------------------------------------------------------------------
@@ -196,9 +253,9 @@ def test_replay_measures_every_pair(fleet: FakeFleet, tmp_path: Path) -> None:
     assert len(seen) == 8 and all(r.error is None for r in seen)
     record = records[("q2", "large")]
     assert record == ReplayRecord(
-        prompt_id="q2", model="large", fingerprint="fp-large", text="large: question 2", finish_reason="stop",
-        prompt_tokens=7, completion_tokens=3, token_logprobs=(-0.25, -0.5, -0.125), queue_s=0.005, prefill_s=0.02,
-        decode_s=0.03,
+        prompt_id="q2", model="large", fingerprint="fp-large",
+        stage=StageResult(model="large", prompt_tokens=7, completion_tokens=3, token_logprobs=(-0.25, -0.5, -0.125),
+                          queue_s=0.005, prefill_s=0.02, decode_s=0.03, text="large: question 2", finish_reason="stop"),
     )
     path, body, headers = next(r for r in fleet.requests if r[1]["model"] == "large" and _prompt_text(r[1]) ==
                                "question 2")
@@ -239,7 +296,7 @@ def test_failures_are_cached_as_errors_and_retried_on_resume(fleet: FakeFleet, t
     counts = fleet.pairs()
     assert counts[("question 1", "large")] == counts[("question 3", "small")] == 2  # retried once
     assert sum(counts.values()) == 10  # the 6 successes were not requested again
-    assert second[("q1", "large")].text == "large: question 1"
+    assert _text(second[("q1", "large")]) == "large: question 1"
 
     third = replay(fleet.url, ROWS, FPS, cache)  # nothing left to do
     assert len(fleet.requests) == 10 and third == second
@@ -287,8 +344,9 @@ def test_completions_rows_read_token_logprobs(fleet: FakeFleet, tmp_path: Path) 
     fleet.logprobs = [-0.5, float("-inf"), float("nan")]  # a forced token; JSON -Infinity and NaN
     record = replay(fleet.url, rows, {"small": "fp"}, tmp_path / "c.jsonl")[("c", "small")]
     assert fleet.requests[0][0] == "/v1/completions" and fleet.requests[0][1] == rows[0].request_body("small")
-    assert record.text == "small: 2+2=" and record.finish_reason == "length"
-    assert record.token_logprobs == (-0.5, -1e4, -1e4)  # the prompt's None dropped, non-finite values floored
+    assert record.stage is not None
+    assert record.stage.text == "small: 2+2=" and record.stage.finish_reason == "length"
+    assert record.stage.token_logprobs == (-0.5, -1e4, -1e4)  # the prompt's None dropped, non-finite values floored
     assert load_cache(tmp_path / "c.jsonl")[("c", "small", "fp")] == record  # and the cache stays valid JSON
 
 
@@ -322,7 +380,7 @@ def test_an_error_body_with_a_string_error_is_recorded(fleet: FakeFleet, tmp_pat
 def test_resume_after_a_torn_last_line(fleet: FakeFleet, tmp_path: Path) -> None:
     """A run killed mid-write leaves a partial line without a newline; the next run must still work."""
     cache = tmp_path / "replay.jsonl"
-    torn = json.dumps(asdict(ReplayRecord("q0", "small", "fp-small", text="small: question 0")))
+    torn = ReplayRecord("q0", "small", "fp-small", stage=_stage(text="small: question 0")).to_json()
     cache.write_text(torn[:30])
     records = replay(fleet.url, ROWS, FPS, cache)
     assert set(records) == {(r.id, m) for r in ROWS for m in FPS}
