@@ -285,91 +285,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _eval_routerbench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    from cascade_serve.evaluate import eval_routerbench
 
-    from cascade_serve.progress import LoggedProgress
-    from evaluation.plots import plot_quality_cost
-    from evaluation.protocol import METHODS, ProtocolSettings, run_protocol
-    from evaluation.routerbench import load_routerbench, split_by_file
-
-    models: int | tuple[str, ...] = (
-        int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
-    )
-    trained = args.estimators == "trained"
-    if trained and args.noise is not None:
-        raise ValueError("--noise applies only to --estimators simulated (trained estimators have no noise level)")
-    noise = None if trained else (args.noise or "low")
-    settings = ProtocolSettings(
-        models=models,
-        estimators=args.estimators,
-        noise=noise,
-        seed=args.seed,
-        max_depth=args.max_depth,
-        strategy=args.strategy,
-        per_segment=args.per_segment,
-        n_bootstrap=args.bootstrap,
-    )
-    from evaluation.simulated import NOISE_LEVELS
-
-    if not trained and noise not in NOISE_LEVELS:
-        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
-    data = args.data if args.data is not None else _DEFAULT_ROUTERBENCH
-    if args.data is None and not data.exists():
-        raise ValueError(f"no RouterBench data at {data}: pass --data PATH")
-    table = load_routerbench(data)
-    estimator_table = None
-    if trained:
-        # Estimators learn from the train files; the paper's validation/test split is of the test files.
-        estimator_table, table = split_by_file(table, data)
-    console = Console(stderr=True)
-    with LoggedProgress(
-        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=args.quiet,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-        if trained:
-            tasks["train estimators"] = bar.add_task("train estimators", total=None)
-        for stage in ("fit", "test"):
-            for m in METHODS:
-                tasks[f"{stage} {m}"] = bar.add_task(f"{stage} {m}", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(tasks[stage], completed=done, total=total)
-
-        result = run_protocol(table, settings, progress=progress, n_jobs=args.jobs, estimator_table=estimator_table)
-
-    out = Console()
-    how = "trained estimators" if trained else f"{settings.noise} noise"
-    title = f"RouterBench, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
-    grid = Table(title=title)
-    grid.add_column("method")
-    grid.add_column("AUC", justify="right")
-    grid.add_column("95% CI (CR absolute; others: minus CR)", justify="right")
-    ci = result["ci"]
-    for method in ("linear", *METHODS):
-        if method == "cascade_routing" and method in ci:
-            c = ci[method]
-            interval = f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
-        elif method in ci.get("diff_vs_cascade_routing", {}):
-            c = ci["diff_vs_cascade_routing"][method]
-            interval = f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-        else:
-            interval = ""
-        grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
-    out.print(grid)
-    s = result["settings"]
-    trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
-    out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
-              f"{s['total_s']:.1f} s")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        out.print(f"wrote {args.json}")
-    if args.plot is not None:
-        out.print(f"wrote {plot_quality_cost(result, args.plot, title=title)}")
-    return 0
+    return eval_routerbench(args, default_data=_DEFAULT_ROUTERBENCH)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,128 @@
+"""``cascade eval routerbench``: the paper's protocol on a query x model table, with progress, a
+table of AUCs, and optional JSON and plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["eval_routerbench"]
+
+
+def eval_routerbench(args: argparse.Namespace, *, default_data: Path) -> int:
+    """Settings, data, the protocol under a progress bar, the AUC table, then the files asked for."""
+    settings = _settings(args)
+    table, estimator_table = _load(args, default_data, trained=settings.estimators == "trained")
+    result = _run(table, settings, estimator_table, jobs=args.jobs, quiet=args.quiet)
+    title = _print_result(result, settings)
+    _write(result, title, json_path=args.json, plot_path=args.plot)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from evaluation.protocol import ProtocolSettings
+    from evaluation.simulated import NOISE_LEVELS
+
+    models: int | tuple[str, ...] = (
+        int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
+    )
+    trained = args.estimators == "trained"
+    if trained and args.noise is not None:
+        raise ValueError("--noise applies only to --estimators simulated (trained estimators have no noise level)")
+    noise = None if trained else (args.noise or "low")
+    if not trained and noise not in NOISE_LEVELS:
+        raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
+    return ProtocolSettings(models=models, estimators=args.estimators, noise=noise, seed=args.seed,
+                            max_depth=args.max_depth, strategy=args.strategy, per_segment=args.per_segment,
+                            n_bootstrap=args.bootstrap)
+
+
+def _load(args: argparse.Namespace, default_data: Path, *, trained: bool) -> tuple[Any, Any]:
+    """The table the protocol splits, and (trained estimators) the one they learn from."""
+    from evaluation.routerbench import load_routerbench, split_by_file
+
+    data = args.data if args.data is not None else default_data
+    if args.data is None and not data.exists():
+        raise ValueError(f"no RouterBench data at {data}: pass --data PATH")
+    table = load_routerbench(data)
+    if not trained:
+        return table, None
+    # Estimators learn from the train files; the paper's validation/test split is of the test files.
+    estimator_table, table = split_by_file(table, data)
+    return table, estimator_table
+
+
+def _run(table: Any, settings: Any, estimator_table: Any, *, jobs: int, quiet: bool) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from cascade_serve.progress import LoggedProgress
+    from evaluation.protocol import METHODS, run_protocol
+
+    with LoggedProgress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), disable=quiet,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+        if estimator_table is not None:
+            tasks["train estimators"] = bar.add_task("train estimators", total=None)
+        for stage in ("fit", "test"):
+            for m in METHODS:
+                tasks[f"{stage} {m}"] = bar.add_task(f"{stage} {m}", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(tasks[stage], completed=done, total=total)
+
+        result: dict[str, Any] = run_protocol(table, settings, progress=progress, n_jobs=jobs,
+                                              estimator_table=estimator_table)
+    return result
+
+
+def _print_result(result: dict[str, Any], settings: Any) -> str:
+    """The AUC table (cascade routing's CI absolute, the others' as differences to it); returns its title."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from evaluation.protocol import METHODS
+
+    trained = settings.estimators == "trained"
+    how = "trained estimators" if trained else f"{settings.noise} noise"
+    title = f"RouterBench, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
+    grid = Table(title=title)
+    grid.add_column("method")
+    grid.add_column("AUC", justify="right")
+    grid.add_column("95% CI (CR absolute; others: minus CR)", justify="right")
+    ci = result["ci"]
+    for method in ("linear", *METHODS):
+        if method == "cascade_routing" and method in ci:
+            c = ci[method]
+            interval = f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+        elif method in ci.get("diff_vs_cascade_routing", {}):
+            c = ci["diff_vs_cascade_routing"][method]
+            interval = f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
+        else:
+            interval = ""
+        grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
+    out = Console()
+    out.print(grid)
+    s = result["settings"]
+    trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
+    out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
+              f"{s['total_s']:.1f} s")
+    return title
+
+
+def _write(result: dict[str, Any], title: str, *, json_path: Path | None, plot_path: Path | None) -> None:
+    from rich.console import Console
+
+    from evaluation.plots import plot_quality_cost
+
+    out = Console()
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+        out.print(f"wrote {json_path}")
+    if plot_path is not None:
+        out.print(f"wrote {plot_quality_cost(result, plot_path, title=title)}")
