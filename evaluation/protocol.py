@@ -165,27 +165,8 @@ def run_protocol(
     started = time.perf_counter()
     table = table.select_models(settings.model_names).sorted_by_cost()
     quality, cost = np.asarray(table.quality), np.asarray(table.cost)
-    rows = np.arange(table.n_queries)
-    val, test = train_test_split(rows, test_size=settings.test_size, random_state=settings.split_seed)
-    if len(val) == 0 or len(test) == 0:
-        raise ValueError(f"the split left an empty side ({len(val)} validation, {len(test)} test rows)")
-    estimates: _SplittableSource
-    extra: dict[str, Any] = {}
-    t_est = time.perf_counter()
-    if settings.estimators == "simulated":
-        if estimator_table is not None or estimator_params is not None:
-            raise ValueError("estimator_table and estimator_params are for estimators='trained'; simulated "
-                             "estimators calibrate on the validation split")
-        assert settings.noise is not None  # ProtocolSettings guarantees it
-        signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
-        estimates = simulated_estimates(signals, quality, cost, fit_rows=val)
-    else:
-        if progress is not None:
-            progress("train estimators", 0, 1)
-        estimates, extra = _trained_source(table, estimator_table, settings, estimator_params or {})
-        extra["estimator_fit_s"] = time.perf_counter() - t_est
-        if progress is not None:
-            progress("train estimators", 1, 1)
+    val, test = _split(table.n_queries, settings)
+    estimates, extra = _estimate_source(table, settings, val, estimator_table, estimator_params, progress)
     est_val, est_test = estimates.subset(val), estimates.subset(test)
     q_val, c_val, q_test, c_test = quality[val], cost[val], quality[test], cost[test]
 
@@ -195,55 +176,87 @@ def run_protocol(
     # *validation* cost cannot be fitted, so it is raised to that cost and reported.
     floor = float(c_val.mean(axis=0).min())
     fit_budgets = np.maximum(budgets, floor)
-    rng_area = auc_range(model_cost, model_quality)
 
     fit_s, policies = _fit_all(methods, fit_budgets, settings, est_val, q_val, c_val, n_jobs, progress)
     t0 = time.perf_counter()
     per_query_q, per_query_c = _score_all(policies, est_test, q_test, c_test, settings.seed, n_jobs, progress)
     test_s = time.perf_counter() - t0
 
-    auc: dict[str, float] = {}
-    lin_c, lin_q = linear_interpolation_curve(model_cost, model_quality)
-    area = {"x_min": rng_area.x_min, "x_max": rng_area.x_max, "y_base": rng_area.y_base}
-    auc["linear"] = 100 * area_under_curve(lin_c, lin_q, **area)
-    points: dict[str, Any] = {
-        "single_models": {
-            "model": list(table.models),
-            "cost": model_cost.tolist(),
-            "quality": model_quality.tolist(),
+    auc, points = _curves(table.models, model_cost, model_quality, budgets, per_query_q, per_query_c, methods)
+    ci = _bootstrap(per_query_q, per_query_c, q_test, c_test, settings, methods)
+    record = {
+        **asdict(settings),
+        "models_used": list(table.models),
+        "n_validation": int(len(val)),
+        "n_test": int(len(test)),
+        "budget_grid": f"{settings.per_segment} per segment of the single models' test cost hull",
+        "n_budgets": int(len(budgets)),
+        "budgets_raised_to_validation_floor": int(np.sum(budgets < floor)),
+        "budgets_raised_to_policy_floor": {
+            m: int(sum(p.max_expected_cost > b for p, b in zip(policies[m], fit_budgets, strict=True)))
+            for m in methods
         },
+        "cost_unit": f"{table.cost_unit} per query",
+        **extra,
+        "fit_s": fit_s,
+        "test_s": test_s,
+        "n_jobs": n_jobs,
+        "total_s": time.perf_counter() - started,
+    }
+    return {"auc": auc, "ci": ci, "points": points, "settings": record}
+
+
+def _split(n_queries: int, settings: ProtocolSettings) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """The paper's validation/test split (scikit-learn's, seeded as the reference seeds it)."""
+    val, test = train_test_split(np.arange(n_queries), test_size=settings.test_size, random_state=settings.split_seed)
+    if len(val) == 0 or len(test) == 0:
+        raise ValueError(f"the split left an empty side ({len(val)} validation, {len(test)} test rows)")
+    return val, test
+
+
+def _estimate_source(
+    table: QueryModelTable, settings: ProtocolSettings, val: NDArray[np.intp], estimator_table: QueryModelTable | None,
+    estimator_params: dict[str, Any] | None, progress: Progress | None,
+) -> tuple[_SplittableSource, dict[str, Any]]:
+    """Simulated estimates calibrated on the validation rows, or estimators trained on ``estimator_table``;
+    and what the settings record should add about them."""
+    quality, cost = np.asarray(table.quality), np.asarray(table.cost)
+    if settings.estimators == "simulated":
+        if estimator_table is not None or estimator_params is not None:
+            raise ValueError("estimator_table and estimator_params are for estimators='trained'; simulated "
+                             "estimators calibrate on the validation split")
+        assert settings.noise is not None  # ProtocolSettings guarantees it
+        signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
+        return simulated_estimates(signals, quality, cost, fit_rows=val), {}
+    t_est = time.perf_counter()
+    if progress is not None:
+        progress("train estimators", 0, 1)
+    estimates, extra = _trained_source(table, estimator_table, settings, estimator_params or {})
+    extra["estimator_fit_s"] = time.perf_counter() - t_est
+    if progress is not None:
+        progress("train estimators", 1, 1)
+    return estimates, extra
+
+
+def _curves(
+    models: tuple[str, ...], model_cost: FloatArray, model_quality: FloatArray, budgets: FloatArray,
+    per_query_q: dict[str, FloatArray], per_query_c: dict[str, FloatArray], methods: tuple[str, ...],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """AUC x100 and the (budget, cost, quality) points of every method, the single models and their
+    linear interpolation, over the single models' cost range."""
+    rng_area = auc_range(model_cost, model_quality)
+    area = {"x_min": rng_area.x_min, "x_max": rng_area.x_max, "y_base": rng_area.y_base}
+    lin_c, lin_q = linear_interpolation_curve(model_cost, model_quality)
+    auc: dict[str, float] = {"linear": 100 * area_under_curve(lin_c, lin_q, **area)}
+    points: dict[str, Any] = {
+        "single_models": {"model": list(models), "cost": model_cost.tolist(), "quality": model_quality.tolist()},
         "linear": {"cost": lin_c.tolist(), "quality": lin_q.tolist()},
     }
     for method in methods:
         mean_c, mean_q = per_query_c[method].mean(axis=1), per_query_q[method].mean(axis=1)
         auc[method] = 100 * area_under_curve(mean_c, mean_q, **area)
         points[method] = {"budget": budgets.tolist(), "cost": mean_c.tolist(), "quality": mean_q.tolist()}
-
-    ci = _bootstrap(per_query_q, per_query_c, q_test, c_test, settings, methods)
-    return {
-        "auc": auc,
-        "ci": ci,
-        "points": points,
-        "settings": {
-            **asdict(settings),
-            "models_used": list(table.models),
-            "n_validation": int(len(val)),
-            "n_test": int(len(test)),
-            "budget_grid": f"{settings.per_segment} per segment of the single models' test cost hull",
-            "n_budgets": int(len(budgets)),
-            "budgets_raised_to_validation_floor": int(np.sum(budgets < floor)),
-            "budgets_raised_to_policy_floor": {
-                m: int(sum(p.max_expected_cost > b for p, b in zip(policies[m], fit_budgets, strict=True)))
-                for m in methods
-            },
-            "cost_unit": "USD per query",
-            **extra,
-            "fit_s": fit_s,
-            "test_s": test_s,
-            "n_jobs": n_jobs,
-            "total_s": time.perf_counter() - started,
-        },
-    }
+    return auc, points
 
 
 def _trained_source(
