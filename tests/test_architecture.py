@@ -8,6 +8,7 @@ so a rule broken only on a rarely taken path still fails here.
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,15 @@ def test_light_modules_do_not_load_heavy_stacks(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
                             cwd=REPO)
     assert result.stdout.strip() == "", f"import {module} loaded: {result.stdout.strip()}"
+
+
+def test_installed_names_belong_to_this_project_alone(tmp_path: Path) -> None:
+    """The top-level names the design fixes are plain words (``serve``, ``routing``...): no other package
+    installed beside cascade-serve (the engine stack included) may ship the same name, or one of them
+    would shadow the other. Read outside the repository, as an installed copy sees it."""
+    code = ("import importlib.metadata as md, json; d = md.packages_distributions(); "
+            f"print(json.dumps({{n: d.get(n) for n in {sorted(MAY_IMPORT)!r}}}))")
+    owners = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       timeout=60, cwd=tmp_path).stdout)
+    shared = {name: dists for name, dists in owners.items() if dists and set(dists) != {"cascade-serve"}}
+    assert not shared, f"top-level names shipped by other distributions too: {shared}"
