@@ -164,3 +164,14 @@ def test_entries_are_real_ray_llm_configs(name: str) -> None:
         config = llm.LLMConfig.model_validate(spec.model_dump(exclude_none=True))
         assert config.model_id == spec.model_id
         assert (config.accelerator_config is not None and config.accelerator_config.kind == "cpu") == spec.on_cpu
+
+
+def test_fleet_file_policies_are_the_api_policy_names() -> None:
+    """cluster/ imports nothing of the project, so it spells the policy names itself; they must stay the
+    names the controller and calibration map (routing.API_POLICY_NAMES), in the same order."""
+    from typing import get_args
+
+    from cluster.config import CascadeSettings
+    from routing import API_POLICY_NAMES
+
+    assert get_args(CascadeSettings.model_fields["policy"].annotation) == tuple(API_POLICY_NAMES)
