@@ -41,8 +41,11 @@ the length fit but kept in the cost fit, since their timings still match the tok
 **Live use** (:class:`~estimators.stage.CostEstimator`): ``predict`` returns measured GPU-seconds for
 the models that answered and ex-ante predictions otherwise; ``observe`` keeps each model's prediction
 current with a multiplicative correction, an exponential moving average (weight ``live_smoothing``) of
-measured / predicted-given-tokens, clipped to ``live_bounds``; ``coefficients`` lists per model what the
-controller exports as Prometheus gauges.
+measured / predicted-given-tokens, clipped to ``live_bounds``; ``current_rates`` gives the law times the
+correction, what the controller exports as Prometheus gauges (``coefficients`` lists everything per
+model). ``supersede_measurements`` (a startup measurement was skewed) changes nothing: the calibrated
+law is the measurement, and one skewed stage moves the bounded correction by a ``live_smoothing``
+share of the bounds at most.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from estimators.stage import QueryInfo, StageResult
+from estimators.stage import CostRates, QueryInfo, StageResult
 from estimators.text_features import PromptFeatures
 
 __all__ = ["CostSample", "GpuTimeCostModel", "ModelCost", "fit_linear_cost"]
@@ -544,6 +547,26 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
             }
             for model, c in self.coef_.items()
         }
+
+    def supersede_measurements(self, model: str) -> None:
+        """Nothing to drop: the calibrated law stands, and the correction is bounded (module docstring)."""
+
+    def current_rates(self, model: str) -> CostRates | None:
+        """``model``'s fitted law times its live correction, in GPU-seconds; None for a model not calibrated.
+
+        Returns
+        -------
+        CostRates or None
+            ``prefill_s_per_token``, ``decode_s_per_token`` and ``overhead_s`` as predictions use them
+            now (correction applied), and the ``correction`` itself.
+        """
+        check_is_fitted(self)
+        law = self.coef_.get(model)
+        if law is None:
+            return None
+        k = self.correction_[model]
+        return CostRates(prefill_s_per_token=k * law.prefill_s_per_token, decode_s_per_token=k * law.decode_s_per_token,
+                         overhead_s=k * law.overhead_s, correction=k)
 
     # -- internals ----------------------------------------------------------------------------------
     def _index(self, model: str) -> int:

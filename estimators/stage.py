@@ -4,7 +4,10 @@ A *stage* is one model answering one query inside the controller. Live estimator
 and the stages so far into the arrays the routing policies consume (``routing.Estimates``): quality
 mean and variance per model (post-hoc for models that answered, ex-ante otherwise) and cost in
 GPU-seconds. The interim estimators (``estimators.logprob_quality``, ``estimators.token_cost``) and
-the trained ones of the calibration work implement the same two protocols.
+the calibrated ones (``estimators.calibrated_quality``, ``estimators.calibrated_cost``) implement the
+same two protocols, so the controller never asks which one it holds: a cost model also says what to
+do when its startup measurement is superseded, and what its rates are now (``CostRates``, exported
+as gauges).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
-    "DEFAULT_MAX_TOKENS_FOR_COST", "LOGPROB_FLOOR", "CostEstimator", "QualityEstimator", "QueryInfo", "StageResult",
+    "DEFAULT_MAX_TOKENS_FOR_COST", "LOGPROB_FLOOR", "CostEstimator", "CostRates", "QualityEstimator", "QueryInfo",
+    "StageResult",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -132,6 +136,16 @@ class QualityEstimator(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CostRates:
+    """What a cost model's predictions for one model use now, in GPU-seconds (live correction applied)."""
+
+    prefill_s_per_token: float
+    decode_s_per_token: float  # per completion token after the first
+    overhead_s: float | None = None  # per request; None: the model has no fixed term
+    correction: float | None = None  # live factor on a calibrated law; None: the model has none
+
+
 class CostEstimator(Protocol):
     def predict(self, query: QueryInfo, models: list[str], stages: dict[str, StageResult]) -> FloatArray:
         """Cost in GPU-seconds of running each of ``models`` on the query (measured for those that ran)."""
@@ -139,4 +153,14 @@ class CostEstimator(Protocol):
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
         """Learn from a finished stage."""
+        ...
+
+    def supersede_measurements(self, model: str) -> None:
+        """``model`` was measured under conditions that no longer hold (its replica shared the machine
+        with engines that were still starting): the stage observed next is measured on the running
+        fleet and should count as such. Each model decides what that means for what it learned."""
+        ...
+
+    def current_rates(self, model: str) -> CostRates | None:
+        """``model``'s rates as a prediction uses them now; None while the model knows nothing of it."""
         ...

@@ -7,6 +7,10 @@ query's cost on a model is ``prefill_s_per_token * prompt_tokens + decode_s_per_
 completion tokens`` (capped by ``max_tokens``); a model that ran costs what it measured. Queueing is
 excluded: it is load, not work. A model with no measurement yet has no cost: ``predict`` refuses it
 (the controller measures every replica with a probe request before routing to it).
+
+Its first measurement of a model *is* that model's rate, so a measurement taken while other engines
+were still starting is skewed for many stages after: ``supersede_measurements`` forgets it, and the
+next stage becomes the first measurement again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from estimators.stage import QueryInfo, StageResult
+from estimators.stage import CostRates, QueryInfo, StageResult
 
 __all__ = ["ModelRates", "TokenCostModel"]
 
@@ -48,6 +52,17 @@ class TokenCostModel:
     def forget(self, model: str) -> None:
         """Drop ``model``'s measurements: they were taken under conditions that no longer hold."""
         self.rates.pop(model, None)
+
+    def supersede_measurements(self, model: str) -> None:
+        """The live protocol's name for :meth:`forget` (module docstring)."""
+        self.forget(model)
+
+    def current_rates(self, model: str) -> CostRates | None:
+        """The measured per-token rates of ``model``; None before its first measurement."""
+        rate = self.rates.get(model)
+        if rate is None:
+            return None
+        return CostRates(prefill_s_per_token=rate.prefill_s_per_token, decode_s_per_token=rate.decode_s_per_token)
 
     def predict(self, query: QueryInfo, models: list[str], stages: dict[str, StageResult]) -> FloatArray:
         cost = np.empty(len(models))

@@ -1,5 +1,11 @@
 """The Serve application of a fleet file: one ``CascadeLLMServer`` deployment per model + the controller.
 
+The builder (Ray Serve LLM's ``builder.py`` pattern): :func:`controller_parts` turns the fleet's
+``cascade`` block into typed ``ControllerSettings`` and the live estimators (calibrated ones from the
+artifacts, whose fingerprints must match the fleet; else the interim ones), and :func:`fleet_app`
+applies ``serve.deployment`` to the ingress class of ``serve.ingress`` and binds the model handles,
+the settings and the estimators into it.
+
 ``build_app`` is the import path for Ray's own CLI (``serve run serve.app:build_app
 config=models.cpu.yaml``, or ``import_path: serve.app:build_app`` with ``args: {config: ...}`` in a
 Serve config file); ``cascade up`` and ``cascade demo`` call ``fleet_app``. Each model entry becomes
@@ -22,15 +28,24 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.config import ConfigError, FleetConfig, ModelSpec
 
-__all__ = ["API_KEYS_ENV", "build_app", "fleet_app", "llm_config", "model_deployment_version"]
+if TYPE_CHECKING:  # imported where used: the CLI imports this module, and routing loads SciPy
+    from estimators.artifacts import Artifacts
+    from estimators.stage import CostEstimator, QualityEstimator
+    from serve.controller import ControllerSettings
+
+__all__ = [
+    "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "build_app", "controller_parts", "fleet_app", "llm_config",
+    "model_deployment_version",
+]
 
 logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "CASCADE_API_KEYS"  # comma-separated bearer tokens; unset or empty: no auth
+CONTROLLER_DEPLOYMENT = "CascadeController"  # the name Serve handles, dashboards and scripts know it by
 
 
 def llm_config(spec: ModelSpec) -> Any:
@@ -53,6 +68,8 @@ def model_deployment_version(spec: ModelSpec) -> str:
     autoscaling: applied in place) itself, but not a deployment's arguments: the version covers
     those, i.e. the whole entry except ``deployment_config``, plus the weights' fingerprint (same
     path, new weights: new version) and the serving code (``serve/replica.py``, Ray and vLLM versions).
+    ``serve/errors.py``, whose ``error_body`` the replica uses, is left out on purpose: the controller
+    rebuilds every error envelope it forwards from the status, message and param alone.
     """
     from importlib.metadata import PackageNotFoundError, version
     from importlib.util import find_spec
@@ -85,26 +102,20 @@ def _pin_version(app: Any, version: str) -> Any:
 
 
 def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
-    """The Serve application: models bound into the controller as handles, fleet-file order kept."""
-    settings = fleet.cascade
-    lam = _lambda(fleet)
+    """The Serve application: the controller's deployment, with the models bound in as handles (fleet-file
+    order kept), its typed settings and its live estimators."""
+    settings, quality, cost = controller_parts(fleet)
+    from ray import serve
     from ray.serve.llm import build_llm_deployment
 
-    from serve.controller import CascadeController
+    from serve.ingress import serve_ingress
 
-    models = {
+    replicas = {
         spec.model_id: _pin_version(build_llm_deployment(llm_config(spec), name_prefix="model:"),
                                     model_deployment_version(spec))
         for spec in fleet.models
     }
     keys = api_keys if api_keys is not None else [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
-    controller_settings = {
-        "policy": settings.policy,
-        "lambda": lam,
-        "artifacts": None if settings.artifacts is None else str(settings.artifacts),
-        "max_depth": settings.max_depth,
-        "stage_timeout_s": settings.stage_timeout_s,
-    }
     # The controller's code is short async work: run it, and its handle router, on the replica's own
     # event loop instead of extra threads, and write its access log in batches (settings of Ray's
     # throughput-optimized mode): less CPU per request and per stage, which on small machines the
@@ -114,30 +125,76 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     }
-    # mypy sees the class under @serve.deployment, not the Deployment it became.
-    controller = CascadeController.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}}
+    controller = serve.deployment(
+        serve_ingress(),
+        name=CONTROLLER_DEPLOYMENT,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}},
     )
-    return controller.bind(models=models, settings=controller_settings, api_keys=keys)
+    # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
+    # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
+    # text-feature weights per model), never with the traffic.
+    return controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys)
 
 
-def _lambda(fleet: FleetConfig) -> float:
-    """The fleet's lambda: given, or fitted to ``budget_gpu_s`` by calibration; artifacts must match the fleet."""
+def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEstimator, CostEstimator]:
+    """The controller's settings and live estimators for ``fleet``: calibrated ones from its artifacts
+    (checked against the fleet's fingerprints), else the interim ones that learn online.
+
+    Raises ``ConfigError`` naming the ``cascade`` key at fault.
+    """
+    from estimators.logprob_quality import LogprobQuality
+    from estimators.token_cost import TokenCostModel
+    from serve.controller import ControllerSettings
+
+    cascade = fleet.cascade
+    quality: QualityEstimator
+    cost: CostEstimator
+    if cascade.artifacts is None:
+        lam = _uncalibrated_lambda(fleet)
+        quality, cost = LogprobQuality(), TokenCostModel()
+    else:
+        from estimators.calibrated_quality import CalibratedQuality
+
+        artifacts = _artifacts(fleet)
+        lam = _calibrated_lambda(fleet, artifacts)
+        quality = CalibratedQuality(artifacts.quality, answer_kind=artifacts.summary["answer_kind"])
+        cost = artifacts.cost
+    settings = ControllerSettings(policy=cascade.policy, lambda_=lam, max_depth=cascade.max_depth or len(fleet.models),
+                                  stage_timeout_s=cascade.stage_timeout_s)
+    return settings, quality, cost
+
+
+def _uncalibrated_lambda(fleet: FleetConfig) -> float:
     settings = fleet.cascade
-    if settings.artifacts is None:
-        if settings.budget_gpu_s is not None:
-            raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs calibration "
-                                          "artifacts: run `cascade calibrate` and set cascade.artifacts"])
-        if settings.lambda_ is None:
-            raise ConfigError("<fleet>", ["cascade.lambda: required without cascade.artifacts (quality per "
-                                          "GPU-second; 0 = always escalate to the best, large = stay on the cheapest)"])
-        return settings.lambda_
+    if settings.budget_gpu_s is not None:
+        raise ConfigError("<fleet>", ["cascade.budget_gpu_s: fitting lambda to a budget needs calibration "
+                                      "artifacts: run `cascade calibrate` and set cascade.artifacts"])
+    if settings.lambda_ is None:
+        raise ConfigError("<fleet>", ["cascade.lambda: required without cascade.artifacts (quality per "
+                                      "GPU-second; 0 = always escalate to the best, large = stay on the cheapest)"])
+    return settings.lambda_
+
+
+def _artifacts(fleet: FleetConfig) -> Artifacts:
+    """The fleet's calibration artifacts; they must match the fleet's fingerprints."""
     from cluster.fingerprint import fleet_fingerprints
     from estimators.artifacts import ArtifactsError, load_artifacts
+
+    assert fleet.cascade.artifacts is not None
+    try:
+        return load_artifacts(fleet.cascade.artifacts, fleet_fingerprints(fleet))
+    except ArtifactsError as exc:
+        raise ConfigError("<fleet>", [f"cascade.artifacts: {exc}"]) from None
+
+
+def _calibrated_lambda(fleet: FleetConfig, artifacts: Artifacts) -> float:
+    """The fleet's lambda: given, or fitted to ``budget_gpu_s`` (or the calibrated budget) by calibration."""
+    from estimators.artifacts import ArtifactsError
     from routing import core_policy_name
 
+    settings = fleet.cascade
     try:
-        artifacts = load_artifacts(settings.artifacts, fleet_fingerprints(fleet))
         if settings.lambda_ is not None:
             return settings.lambda_
         policy = core_policy_name(settings.policy)

@@ -7,9 +7,13 @@ without an engine and its real-stack counterpart runs through HTTP.
 The loop (algorithm-spec §4): the live estimators give every available model's quality (ex-ante, or
 post-hoc from its answer) and cost in GPU-seconds; the policy (routing, cascade or cascade routing,
 from ``routing/``) picks the next model or stops; a stage that fails or times out is dropped and the
-policy re-decides without that model. The answer returned is the answered model with the highest
-quality estimate. Every stage asks its replica for token logprobs (the post-hoc feature); they are
-removed from the returned answer unless the client asked for them.
+policy re-decides without that model (``serve.errors`` says how each failure reads in the trace). The
+answer returned is the answered model with the highest quality estimate. Every stage asks its replica
+for token logprobs (the post-hoc feature); they are removed from the returned answer unless the client
+asked for them.
+
+``run_cascade`` calls one function per step: order the candidates by ex-ante cost, decide the next
+model, run one stage (or record its failure), choose the answer, build the response and its trace.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
 from routing import API_POLICY_NAMES, Estimates, Policy, constant_lambda_policy, core_policy_name
-from serve.errors import ApiError
+from serve.errors import RETRY_AFTER_S, ApiError, to_api_error
 
 __all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_cascade"]
 
@@ -34,6 +39,7 @@ __all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_c
 PolicyName = str
 POLICIES: tuple[str, ...] = tuple(API_POLICY_NAMES)
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+FloatArray = NDArray[np.float64]
 
 KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"})
 
@@ -113,6 +119,26 @@ class CascadeOutcome:
     decide_s: list[float] = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """One request's state while the loop runs: what was asked, what answered, what failed."""
+
+    endpoint: str
+    body: dict[str, Any]
+    query: QueryInfo
+    knobs: CascadeKnobs
+    stage_timeout_s: float
+    depth: int  # stages the policy may run
+    logprobs: bool  # every stage asks its replica for token logprobs
+    stages: dict[str, StageResult] = field(default_factory=dict)  # answered, in the order they answered
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    decide_s: list[float] = field(default_factory=list)
+    failed: set[str] = field(default_factory=set)
+    last_client_error: ApiError | None = None  # a model's context length was exceeded
+    chosen: str | None = None
+
+
 def _stage_body(endpoint: str, body: dict[str, Any], model: str, logprobs: bool) -> dict[str, Any]:
     out = {k: v for k, v in body.items() if k not in ("cascade", "stream", "stream_options")}
     out["model"] = model
@@ -141,142 +167,168 @@ async def run_cascade(
     knobs: CascadeKnobs,
     *,
     stage_timeout_s: float,
-    on_stage_failure: Callable[[str, BaseException | ApiError], None] | None = None,
+    on_stage_failure: Callable[[str, ApiError], None] | None = None,
 ) -> CascadeOutcome:
     """Run one cascade request over the available ``models`` (module docstring).
+
+    The steps: order the candidates by ex-ante cost (:func:`_order_by_cost`); then, until the policy
+    stops, decide what runs next (:func:`_decide_next`) and run it as one stage (:func:`_run_stage`),
+    or pick the answer (:func:`_choose_answer`); build the response and its trace (:func:`_build_outcome`).
 
     Raises ``ApiError``: the replica's 4xx for a bad request, 503 with Retry-After when no model
     could answer.
     """
-    query = QueryInfo.from_request(endpoint, body)
+    if not models:
+        raise ApiError(503, "no model replica is ready yet", retry_after_s=RETRY_AFTER_S)
+    run = _start(endpoint, body, len(models), knobs, stage_timeout_s)
+    policy = _policy(knobs)
+    t0 = time.perf_counter()
+    candidates, ante_ms = _order_by_cost(run.query, list(models), cost)
+    while ordered := [m for m in candidates if m not in run.failed]:
+        if run.decide_s:
+            t0 = time.perf_counter()
+        run_next, q_mean = _decide_next(run, ordered, quality, cost, policy)
+        run.decide_s.append(time.perf_counter() - t0)
+        if run_next is None:
+            run.chosen = _choose_answer(run, ordered, q_mean)
+            break
+        await _run_stage(run, ordered[run_next], float(q_mean[run_next]), call, quality, cost, on_stage_failure)
+    return _build_outcome(run, quality, ante_ms)
+
+
+def _start(endpoint: str, body: dict[str, Any], n_models: int, knobs: CascadeKnobs, stage_timeout_s: float) -> _Run:
     if knobs.stage_timeout_s is not None:
         stage_timeout_s = min(stage_timeout_s, knobs.stage_timeout_s)  # a request may only tighten it
-    candidates = list(models)
-    if not candidates:
-        raise ApiError(503, "no model replica is ready yet", retry_after_s=5)
-    policy = _policy(knobs)
-    stages: dict[str, StageResult] = {}
-    responses: dict[str, dict[str, Any]] = {}
-    trace: list[dict[str, Any]] = []
-    decide_s: list[float] = []
-    failed: set[str] = set()
-    last_client_error: ApiError | None = None
-    chosen: str | None = None
-
     # Post-hoc estimates (token logprobs cost engine time) only where a decision can use them: with
     # a second model to escalate to. Pinned to one model, or routing, the request runs as sent.
     depth = 1 if knobs.policy == "routing" else knobs.max_depth
-    logprobs = (depth >= 2 and len(candidates) >= 2) or bool(body.get("logprobs"))
-    # The policies take models in increasing cost order (a cascade's order, the "cheapest new model
-    # runs first" rule): sorted once by the ex-ante cost, so answered models stay a prefix of it.
-    t0 = time.perf_counter()
+    logprobs = (depth >= 2 and n_models >= 2) or bool(body.get("logprobs"))
+    return _Run(endpoint=endpoint, body=body, query=QueryInfo.from_request(endpoint, body), knobs=knobs,
+                stage_timeout_s=stage_timeout_s, depth=depth, logprobs=logprobs)
+
+
+def _order_by_cost(query: QueryInfo, candidates: list[str], cost: CostEstimator) -> tuple[list[str], dict[str, float]]:
+    """The candidates cheapest first by ex-ante cost, and those costs in GPU-milliseconds (for the trace).
+
+    The policies take models in increasing cost order (a cascade's order, the "cheapest new model runs
+    first" rule): sorted once, so the answered models stay a prefix of it.
+    """
     ante = cost.predict(query, candidates, {})
     by_cost = sorted(range(len(candidates)), key=lambda i: (float(ante[i]), i))
     ante_ms = {candidates[i]: round(float(ante[i]) * 1e3, 3) for i in by_cost}
-    candidates = [candidates[i] for i in by_cost]
-    while True:
-        ordered = [m for m in candidates if m not in failed]
-        if not ordered:
-            break
-        if decide_s:
-            t0 = time.perf_counter()
-        q_mean, q_var = quality.predict(query, ordered, stages)
-        # Forced moves skip the search (same outcome): the first step must run a model, and with one
-        # model left that is the one; with the depth spent or every model answered, stop.
-        if len(stages) >= depth or all(m in stages for m in ordered):
-            run_next = None
-        elif not stages and len(ordered) == 1:
-            run_next = 0
-        else:
-            costs = cost.predict(query, ordered, stages)
-            answered = np.array([m in stages for m in ordered])
-            est = Estimates(q_mean=q_mean[None, :], cost=costs[None, :], q_var=q_var[None, :])
-            run_next = policy.decide(est, answered).run_next
-        decide_s.append(time.perf_counter() - t0)
-        if run_next is None:
-            if stages and knobs.policy == "threshold_cascade":
-                chosen = list(stages)[-1]  # the baseline returns its last answer, not its best
-            elif stages:
-                chosen = max(stages, key=lambda m: (float(q_mean[ordered.index(m)]), -ordered.index(m)))
-            break
-        model = ordered[run_next]
-        estimate = float(q_mean[run_next])
-        try:
-            stage_call = call(model, endpoint, _stage_body(endpoint, body, model, logprobs))
-            response = await asyncio.wait_for(stage_call, stage_timeout_s)
-            if "error" in response:
-                raise ApiError.from_body(response)
-        except ApiError as err:
-            if err.status < 500 and err.code != "context_length_exceeded":
-                raise  # a bad request is bad on every model
-            last_client_error = err if err.status < 500 else last_client_error
-            failed.add(model)
-            trace.append({"model": model, "decision": "error", "quality_estimate": estimate, "error": err.message})
-            if on_stage_failure is not None and err.status >= 500:
-                on_stage_failure(model, err)
-            continue
-        except TimeoutError:
-            failed.add(model)
-            # Slow is not dead (a long answer, a busy replica): the stage is cancelled, the replica kept.
-            trace.append({"model": model, "decision": "error", "quality_estimate": estimate,
-                          "error": f"no answer within {stage_timeout_s:g} s"})
-            continue
-        except Exception as exc:  # a dead replica, a backpressure rejection, a lost actor
-            failed.add(model)
-            trace.append({"model": model, "decision": "error", "quality_estimate": estimate,
-                          "error": f"{type(exc).__name__}: {exc}"})
-            if on_stage_failure is not None:
-                on_stage_failure(model, exc)
-            continue
-        result = StageResult.from_response(model, endpoint, response)
-        stages[model] = result
-        responses[model] = response
-        if logprobs:
-            quality.observe(query, result)
-        cost.observe(query, result)
-        trace.append({
-            "model": model,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "gpu_ms": round(result.gpu_s * 1e3, 3),
-            "queue_time_ms": round(result.queue_s * 1e3, 3),
-            "time_to_first_token_ms": round(result.prefill_s * 1e3, 3),
-            "generation_time_ms": round(result.decode_s * 1e3, 3),
-            "quality_estimate": estimate,
-            "quality_post_hoc": None,  # filled below, once the answer's own estimate is known
-            "decision": "escalate",
-        })
+    return [candidates[i] for i in by_cost], ante_ms
 
+
+def _decide_next(
+    run: _Run, ordered: list[str], quality: QualityEstimator, cost: CostEstimator, policy: Policy
+) -> tuple[int | None, FloatArray]:
+    """The index in ``ordered`` of the model to run next (None: stop), and every model's quality estimate."""
+    stages = run.stages
+    q_mean, q_var = quality.predict(run.query, ordered, stages)
+    # Forced moves skip the search (same outcome): the first step must run a model, and with one
+    # model left that is the one; with the depth spent or every model answered, stop.
+    if len(stages) >= run.depth or all(m in stages for m in ordered):
+        return None, q_mean
+    if not stages and len(ordered) == 1:
+        return 0, q_mean
+    costs = cost.predict(run.query, ordered, stages)
+    answered = np.array([m in stages for m in ordered])
+    est = Estimates(q_mean=q_mean[None, :], cost=costs[None, :], q_var=q_var[None, :])
+    return policy.decide(est, answered).run_next, q_mean
+
+
+def _choose_answer(run: _Run, ordered: list[str], q_mean: FloatArray) -> str | None:
+    """The answered model whose answer is returned: the best quality estimate (the cheaper on a tie)."""
+    if not run.stages:
+        return None
+    if run.knobs.policy == "threshold_cascade":
+        return list(run.stages)[-1]  # the baseline returns its last answer, not its best
+    return max(run.stages, key=lambda m: (float(q_mean[ordered.index(m)]), -ordered.index(m)))
+
+
+async def _run_stage(
+    run: _Run,
+    model: str,
+    estimate: float,
+    call: Call,
+    quality: QualityEstimator,
+    cost: CostEstimator,
+    on_stage_failure: Callable[[str, ApiError], None] | None,
+) -> None:
+    """Run ``model`` on the request: record its answer and feed the estimators, or record its failure.
+
+    Raises the replica's ``ApiError`` for a bad request (bad on every model). Any other failure
+    (serve.errors) drops the model and the policy re-decides without it.
+    """
+    try:
+        stage_call = call(model, run.endpoint, _stage_body(run.endpoint, run.body, model, run.logprobs))
+        response = await asyncio.wait_for(stage_call, run.stage_timeout_s)
+        if "error" in response:
+            raise ApiError.from_body(response)
+    except Exception as exc:
+        err = to_api_error(exc, model=model, timeout_s=run.stage_timeout_s, phase="stage")
+        client_error = isinstance(exc, ApiError) and err.status < 500
+        if client_error and err.code != "context_length_exceeded":
+            raise err from None
+        run.failed.add(model)
+        run.trace.append({"model": model, "decision": "error", "quality_estimate": estimate, "error": err.message})
+        if client_error:
+            run.last_client_error = err
+        # Slow is not dead (a long answer, a busy replica): a timed-out stage is cancelled, its replica kept.
+        elif on_stage_failure is not None and not isinstance(exc, TimeoutError):
+            on_stage_failure(model, err)
+        return
+    result = StageResult.from_response(model, run.endpoint, response)
+    run.stages[model] = result
+    run.responses[model] = response
+    if run.logprobs:
+        quality.observe(run.query, result)
+    cost.observe(run.query, result)
+    run.trace.append({
+        "model": model,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "gpu_ms": round(result.gpu_s * 1e3, 3),
+        "queue_time_ms": round(result.queue_s * 1e3, 3),
+        "time_to_first_token_ms": round(result.prefill_s * 1e3, 3),
+        "generation_time_ms": round(result.decode_s * 1e3, 3),
+        "quality_estimate": estimate,
+        "quality_post_hoc": None,  # filled by _build_outcome, once the answer's own estimate is known
+        "decision": "escalate",
+    })
+
+
+def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, float]) -> CascadeOutcome:
+    """The chosen answer with the request's usage and the ``cascade`` trace; raises when none was chosen."""
+    chosen, stages, trace = run.chosen, run.stages, run.trace
     if chosen is None:
-        if last_client_error is not None:
-            raise last_client_error
+        if run.last_client_error is not None:
+            raise run.last_client_error
         raise ApiError(503, "no model replica could answer: " + "; ".join(
-            f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=5)
-
-    post, _ = quality.predict(query, list(stages), stages)
+            f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=RETRY_AFTER_S)
+    post, _ = quality.predict(run.query, list(stages), stages)
     post_by_model = dict(zip(stages, post.tolist(), strict=True))
     answered_stages = [t for t in trace if t["decision"] != "error"]
     for t in answered_stages:
-        t["quality_post_hoc"] = post_by_model[t["model"]] if logprobs else None
+        t["quality_post_hoc"] = post_by_model[t["model"]] if run.logprobs else None
     answered_stages[-1]["decision"] = "accept"
     selected = next(i for i, t in enumerate(trace) if t["model"] == chosen and t["decision"] != "error")
-    response = dict(responses[chosen])
-    _strip_logprobs(body, response)
+    response = dict(run.responses[chosen])
+    _strip_logprobs(run.body, response)
     usage = {
         "prompt_tokens": sum(s.prompt_tokens for s in stages.values()),
         "completion_tokens": sum(s.completion_tokens for s in stages.values()),
     }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    total_gpu_s = sum(s.gpu_s for s in stages.values())
     # Summing the rounded stage values keeps the trace self-consistent: a reader adding up
     # stages[*].gpu_ms gets total_gpu_ms exactly, not one unit off in the last digit.
     total_gpu_ms = round(sum(round(s.gpu_s * 1e3, 3) for s in stages.values()), 3)
     response["usage"] = usage
     response["model"] = chosen
     response["cascade"] = {
-        "policy": knobs.policy,
-        "lambda": knobs.lambda_,
-        "max_depth": knobs.max_depth,
+        "policy": run.knobs.policy,
+        "lambda": run.knobs.lambda_,
+        "max_depth": run.knobs.max_depth,
         # Why this order: the ex-ante costs the policy saw, cheapest first (it runs models in this order).
         "cost_estimates_gpu_ms": ante_ms,
         "stages": trace,
@@ -284,5 +336,5 @@ async def run_cascade(
         "total_gpu_ms": total_gpu_ms,
     }
     response.pop("metrics", None)
-    return CascadeOutcome(response=response, served_model=chosen, stages=trace, total_gpu_s=total_gpu_s,
-                          decide_s=decide_s)
+    return CascadeOutcome(response=response, served_model=chosen, stages=trace,
+                          total_gpu_s=sum(s.gpu_s for s in stages.values()), decide_s=run.decide_s)

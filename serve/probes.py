@@ -80,12 +80,13 @@ class ReplicaProbes:
         self._settle_probes = settle_probes
         self._sleep = sleep
         self._probing: set[str] = set()
+        self._stopped = False
         self._provisional: list[str] = []  # measured before the fleet was complete, in that order
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def start(self, model: str) -> None:
         """Probe ``model`` until it answers (no-op while a probe of it runs)."""
-        if model not in self._probing:
+        if model not in self._probing and not self._stopped:
             self._probing.add(model)
             self._spawn(self._probe(model))
 
@@ -93,6 +94,16 @@ class ReplicaProbes:
         """A stage on ``model`` failed: not ready until a probe answers again."""
         self.ready[model] = False
         self.start(model)
+
+    async def stop(self) -> None:
+        """Cancel every probe still running, and start none again (the controller is shutting down)."""
+        # The flag as well as the cancellation: asyncio.wait_for of Python 3.11 can swallow a cancel
+        # that lands as its call finishes, and a probe that missed it must still end at its next step.
+        self._stopped = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def wait(self) -> None:
         """Until every probe started so far, and the settling pass, has finished (for tests)."""
@@ -121,6 +132,8 @@ class ReplicaProbes:
         try:
             warmed = False
             while True:
+                if self._stopped:
+                    return
                 stage = await self._once(model)
                 if stage is None:
                     await self._sleep(self._retry_s)
@@ -143,6 +156,8 @@ class ReplicaProbes:
         for model in models:
             replaced = False
             for _ in range(self._settle_probes):
+                if self._stopped:
+                    return
                 stage = await self._once(model)
                 if stage is None:
                     break  # failing now: the stage-failure path re-probes it

@@ -6,7 +6,7 @@ controller calls through a Serve handle:
 
 - ``run(endpoint, body)``: one non-streaming request; returns the OpenAI response as a plain dict,
   with vLLM's per-request timing split (``metrics``: queue, time to first token = prefill, decode),
-  or ``{"error": {...}}`` with the status in ``error.code``;
+  or ``{"error": {...}}`` with the status in ``error.code`` (``serve.errors.error_body``);
 - ``stream(endpoint, body)``: the SSE lines of a streaming request, for direct calls to a model.
 
 Plain dicts keep vLLM out of the controller (its import costs ~10 s and 0.5 GB per process), and the
@@ -22,13 +22,11 @@ from typing import Any
 
 from ray.serve.llm import LLMServer
 
+from serve.errors import error_body
+
 __all__ = ["CascadeLLMServer", "ENDPOINTS"]
 
 ENDPOINTS = ("chat", "completions")
-
-
-def _error(status: int, message: str, param: str | None = None, err_type: str = "BadRequestError") -> dict[str, Any]:
-    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
 class CascadeLLMServer(LLMServer):  # type: ignore[misc]
@@ -39,19 +37,19 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
         from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, CompletionRequest
 
         if endpoint not in ENDPOINTS:
-            return _error(404, f"unknown endpoint {endpoint!r}")
+            return error_body(404, f"unknown endpoint {endpoint!r}")
         cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         unknown = sorted(set(body) - known)
         if unknown:
-            return _error(400, f"unknown field {unknown[0]!r} in the request body", param=unknown[0])
+            return error_body(400, f"unknown field {unknown[0]!r} in the request body", param=unknown[0])
         try:
             return cls.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or None
             message = str(first["msg"]).removeprefix("Value error, ")
-            return _error(400, f"{where}: {message}" if where else message, param=where)
+            return error_body(400, f"{where}: {message}" if where else message, param=where)
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming request (``body["stream"]`` must be false); the response as a dict."""
@@ -64,9 +62,9 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
             async for item in stream:
                 last = item
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error_body(400, str(exc))
         if last is None:
-            return _error(500, "the engine returned no response", err_type="InternalServerError")
+            return error_body(500, "the engine returned no response")
         out: dict[str, Any] = last.model_dump(mode="json", exclude_none=True)
         return out
 

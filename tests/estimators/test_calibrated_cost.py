@@ -224,6 +224,29 @@ def test_observe_moves_the_correction_toward_the_measured_ratio(fitted: GpuTimeC
     assert gauges["correction"] == pytest.approx(1.025) and gauges["n_observed"] == 1.0
 
 
+def test_current_rates_are_the_law_times_the_correction(fitted: GpuTimeCostModel) -> None:
+    """What the controller exports as gauges, through the live protocol (estimators.stage.CostEstimator)."""
+    model = fresh(fitted)
+    query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)
+    model.observe(query, stage("small", wall_s=1.5 * float(model.gpu_s_given_tokens("small", 100, 20))))
+    rates, law = model.current_rates("small"), model.coef_["small"]
+    assert rates is not None and rates.correction == pytest.approx(1.025)
+    assert rates.prefill_s_per_token == pytest.approx(1.025 * law.prefill_s_per_token)
+    assert rates.decode_s_per_token == pytest.approx(1.025 * law.decode_s_per_token)
+    assert rates.overhead_s == pytest.approx(1.025 * law.overhead_s)
+    assert model.current_rates("huge") is None
+
+
+def test_superseding_a_measurement_keeps_the_calibrated_law(fitted: GpuTimeCostModel) -> None:
+    """A skewed startup stage moved the bounded correction a little; the calibrated law is the measurement."""
+    model = fresh(fitted)
+    query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)
+    model.observe(query, stage("small", wall_s=10.0))
+    before = model.current_rates("small")
+    model.supersede_measurements("small")
+    assert model.current_rates("small") == before and model.n_observed_["small"] == 1
+
+
 def test_correction_stays_bounded_after_many_extreme_observations(fitted: GpuTimeCostModel) -> None:
     model = fresh(fitted)
     query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)

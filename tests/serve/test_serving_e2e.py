@@ -221,6 +221,8 @@ def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
 def test_metrics_count_requests_stages_and_cost(fleet_url: str, client: Any) -> None:
     import httpx
 
+    # Its own requests: a direct call and an escalating cascade (no other test's calls relied upon).
+    client.chat.completions.create(model="tiny-small", messages=CHAT, max_tokens=4)
     reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8,
                                            extra_body={"cascade": {"lambda": 0}})
     first, second = (s["model"] for s in reply.model_extra["cascade"]["stages"])
@@ -310,7 +312,6 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
         concurrency=2,
         api_key=API_KEY,
         bootstrap=20,
-        quiet=True,
     )
     with pytest.raises(BudgetUnreachableError, match=r"--budget 1%: budget .* is below the cheapest setting") as err:
         run_calibrate(opts)

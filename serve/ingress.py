@@ -1,0 +1,151 @@
+"""The controller's HTTP routes: one table, and two builders that attach it.
+
+``ROUTES`` lists every route as (method, path, handler); a handler is one line into a
+``CascadeController`` method, which takes and returns plain data (``controller.Reply``). The routes
+are attached separately from the controller, as Ray Serve LLM's ``make_fastapi_ingress`` attaches
+its ``DEFAULT_ENDPOINTS``:
+
+- :func:`http_app` binds them to one controller instance: a FastAPI app for any ASGI server (and for
+  ``tests/serve/test_controller_http.py``, without Ray), whose lifespan starts and stops the probes;
+- :func:`serve_ingress` makes the Ray Serve deployment class: its async constructor builds the
+  controller and starts it on the replica's event loop; FastAPI class-based routes generated from the
+  same table reach it, and ``call`` serves Serve handles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from serve.controller import CascadeController, Reply
+
+__all__ = ["ROUTES", "TITLE", "Route", "http_app", "serve_ingress"]
+
+TITLE = "cascade-serve"
+
+Handler = Callable[[CascadeController, Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the route table: the handler answers ``method path``."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    handler: Handler
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name: the FastAPI operation, and the method of the Serve ingress class."""
+        return self.handler.__name__.lstrip("_")
+
+
+def _response(reply: Reply) -> Response:
+    if isinstance(reply.body, dict):
+        return JSONResponse(reply.body, status_code=reply.status, headers=dict(reply.headers))
+    if isinstance(reply.body, str):
+        return PlainTextResponse(reply.body, status_code=reply.status, headers=dict(reply.headers),
+                                 media_type=reply.media_type)
+    body: AsyncIterator[str] = reply.body
+    return StreamingResponse(body, status_code=reply.status, headers=dict(reply.headers),
+                             media_type=reply.media_type)
+
+
+async def _chat_completions(c: CascadeController, request: Request) -> Response:
+    return _response(await c.complete("chat", await request.body(), request.headers))
+
+
+async def _completions(c: CascadeController, request: Request) -> Response:
+    return _response(await c.complete("completions", await request.body(), request.headers))
+
+
+async def _list_models(c: CascadeController, request: Request) -> Response:
+    return _response(c.list_models(request.headers))
+
+
+async def _get_model(c: CascadeController, request: Request) -> Response:
+    return _response(c.get_model(request.path_params["model_id"], request.headers))
+
+
+async def _health(c: CascadeController, request: Request) -> Response:
+    return _response(c.health())
+
+
+async def _metrics(c: CascadeController, request: Request) -> Response:
+    return _response(c.metrics())
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/chat/completions", _chat_completions),
+    Route("POST", "/v1/completions", _completions),
+    Route("GET", "/v1/models", _list_models),
+    Route("GET", "/v1/models/{model_id:path}", _get_model),
+    Route("GET", "/health", _health),  # open: no API key
+    Route("GET", "/metrics", _metrics),
+)
+
+
+def http_app(controller: CascadeController) -> FastAPI:
+    """The routes bound to ``controller``, as a FastAPI app; its lifespan starts and stops the probes."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        controller.start()
+        try:
+            yield
+        finally:
+            await controller.stop()
+
+    app = FastAPI(title=TITLE, lifespan=lifespan)
+    for route in ROUTES:
+        app.add_api_route(route.path, _bound(route.handler, controller), methods=[route.method], name=route.name)
+    return app
+
+
+def _bound(handler: Handler, controller: CascadeController) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await handler(controller, request)
+
+    return endpoint
+
+
+def serve_ingress(controller_cls: type[CascadeController] = CascadeController) -> type:
+    """The Ray Serve deployment class of ``controller_cls`` (``serve.deployment`` and ``.bind`` are the
+    builder's: ``serve.app``); its constructor takes the controller's arguments."""
+    from ray import serve
+
+    app = FastAPI(title=TITLE)
+
+    class CascadeIngress:
+        controller: CascadeController
+
+        # Serve awaits an async constructor; the probes need the replica's running loop.
+        async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
+            self.controller = controller_cls(*args, **kwargs)
+            self.controller.start()
+
+        async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+            """Serve handles' API: ``CascadeController.call``."""
+            return await self.controller.call(endpoint, body)
+
+    for route in ROUTES:
+        method = _method(route.handler)
+        method.__name__ = route.name
+        # Serve's class-based view finds a class's routes by their endpoints' qualified names.
+        method.__qualname__ = f"{CascadeIngress.__qualname__}.{route.name}"
+        setattr(CascadeIngress, route.name, method)
+        app.add_api_route(route.path, method, methods=[route.method], name=route.name)
+    ingress: type = serve.ingress(app)(CascadeIngress)
+    return ingress
+
+
+def _method(handler: Handler) -> Callable[[Any, Request], Awaitable[Response]]:
+    async def endpoint(self: Any, request: Request) -> Response:
+        return await handler(self.controller, request)
+
+    return endpoint
