@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_http import running, send_json
 
 from calibration.prompt_set import PromptRow
 from calibration.replay import ReplayRecord, load_cache, permanent_failures, replay
@@ -219,24 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(response).encode())
 
     def _send(self, status: int, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, status, payload)
 
 
 @pytest.fixture
 def fleet() -> Iterator[FakeFleet]:
-    server = FakeFleet()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(FakeFleet()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 ROWS = [PromptRow(id=f"q{i}", answer=str(i), grader="numeric", task="t", max_tokens=16,

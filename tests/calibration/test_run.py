@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fake_http import running, send_json
 
 from calibration.run import CalibrateOptions, _round_up, parse_budget, run_calibrate
 from cascade_serve.main import main
@@ -97,25 +97,13 @@ class _Answer(BaseHTTPRequestHandler):
             "metrics": {"queue_time_ms": 1.0, "time_to_first_token_ms": scale * (2.0 + prompt_tokens),
                         "generation_time_ms": scale * 3.0 * completion_tokens},
         }
-        payload = json.dumps(response).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, 200, json.dumps(response).encode())
 
 
 @pytest.fixture
 def fake_fleet() -> Iterator[_Fleet]:
-    server = _Fleet()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(_Fleet()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 class _Recorder:
