@@ -274,8 +274,11 @@ async def _run_stage(
         run.trace.append({"model": model, "decision": "error", "quality_estimate": estimate, "error": err.message})
         if client_error:
             run.last_client_error = err
-        # Slow is not dead (a long answer, a busy replica): a timed-out stage is cancelled, its replica kept.
-        elif on_stage_failure is not None and not isinstance(exc, TimeoutError):
+        # Slow is not dead (a long answer, a busy replica): a timed-out stage is cancelled, its replica
+        # kept. A replica that answered with an error body is alive too (it may have choked on this
+        # request alone): only a call that could not reach it marks it failed, or one client's odd
+        # request would take a model out of the cascade for everyone.
+        elif on_stage_failure is not None and not isinstance(exc, TimeoutError | ApiError):
             on_stage_failure(model, err)
         return
     result = StageResult.from_response(model, run.endpoint, response)

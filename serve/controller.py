@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -101,6 +102,9 @@ class CascadeController:
         Pause between failed probes of a replica that is not up yet.
     sleep : async callable
         ``asyncio.sleep`` for the probes; tests pass a fake clock's.
+    echo_request_id : bool
+        Answer with ``x-request-id`` (the client's, if header-safe, else a new one); off behind a proxy
+        that sets it itself (Ray Serve's).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class CascadeController:
         *,
         probe_retry_s: float = PROBE_RETRY_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        echo_request_id: bool = True,
     ) -> None:
         if not replicas:
             raise ValueError("replicas: the fleet needs at least one model")
@@ -122,6 +127,7 @@ class CascadeController:
             raise ValueError(f"settings.max_depth: {settings.max_depth} exceeds the {len(replicas)} replicas "
                              f"({', '.join(replicas)})")
         self._handles = dict(replicas)
+        self._echo_request_id = echo_request_id
         # Configuring a handle with .options() makes a new handle, with its own metrics pusher and
         # long-poll client in Serve: made once per model here and reused, as Ray's OpenAiIngress does.
         self._stream_handles = {model: handle.options(stream=True) for model, handle in replicas.items()}
@@ -155,8 +161,8 @@ class CascadeController:
     async def complete(self, endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Reply:
         """One ``POST /v1/chat/completions`` or ``/v1/completions``: raw body and request headers
         (lower-case names) in; the answer, or its error envelope, out."""
-        request_id = headers.get("x-request-id") or uuid.uuid4().hex
-        reply_headers = {"x-request-id": request_id}
+        # Behind Serve's proxy, which already answers with the request's id, a second header would repeat it.
+        reply_headers = {"x-request-id": _request_id(headers.get("x-request-id"))} if self._echo_request_id else {}
         try:
             self._check_auth(headers)
             payload, reply_headers = await self._dispatch(endpoint, _json_object(body), reply_headers)
@@ -267,6 +273,13 @@ class CascadeController:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, f"stream must be a boolean, got {stream!r}", param="stream")
+        _check_token_limits(body)
+        # What vLLM rejects on a direct call, the cascade rejects too: its stages ask for logprobs and
+        # never stream, so the request's own combination would otherwise pass unchecked.
+        if body.get("stream_options") is not None and not stream:
+            raise ApiError(400, "stream_options is only allowed when stream is true", param="stream_options")
+        if endpoint == "chat" and body.get("top_logprobs") is not None and not body.get("logprobs"):
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if model == VIRTUAL_MODEL:
             return await self._cascade(endpoint, body, stream, headers)
         if model not in self._handles:
@@ -378,6 +391,28 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: valid JSON that Python will not hold
+        raise ApiError(400, "the request body nests too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     return body
+
+
+# A client's id for its request, echoed in the response header and the logs: what fits a header and a
+# log line unescaped; anything else is replaced by a fresh id (a non-ASCII one cannot be sent back).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(given: str | None) -> str:
+    return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _check_token_limits(body: dict[str, Any]) -> None:
+    """``max_tokens`` and ``max_completion_tokens``: absent, null, or a positive integer. JSON admits
+    NaN, Infinity and 1e999; the cost estimates need an integer before any replica sees the request."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ApiError(400, f"{name} must be a positive integer, got {json.dumps(value)[:40]}", param=name)

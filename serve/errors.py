@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["RETRY_AFTER_S", "ApiError", "Failure", "Phase", "classify", "error_body", "to_api_error"]
+__all__ = ["RETRY_AFTER_S", "ApiError", "Failure", "Phase", "classify", "clean_message", "error_body", "to_api_error"]
 
 _TYPES = {
     400: "BadRequestError",
@@ -63,6 +63,22 @@ RETRY_AFTER_S = 5
 # (the error goes out as one SSE event); "stage": one stage of a cascade (its trace entry names the model).
 Phase = Literal["answer", "start", "stream", "stage"]
 Kind = Literal["timeout", "unavailable", "empty_stream", "internal"]
+
+
+# What a client may read of an error: one line, this long at most.
+MESSAGE_CHARS = 500
+
+
+def clean_message(message: str) -> str:
+    """One line a client may read: Ray Serve LLM's "Message: M (Request ID: r), Internal exception: ...,
+    original exception: ..." cut to M, and anything after the first line (a traceback) dropped."""
+    text = message.strip()
+    if text.startswith("Message: "):
+        text = text[len("Message: "):].split(", Internal exception: ", 1)[0]
+    text = text.split("\n", 1)[0].strip()
+    if " (Request ID: " in text:
+        text = text.split(" (Request ID: ", 1)[0]
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
@@ -101,7 +117,7 @@ class ApiError(Exception):
         err = body.get("error") or {}
         code = err.get("code")
         status = code if isinstance(code, int) and 400 <= code < 600 else 500
-        message = str(err.get("message") or "the model replica failed")
+        message = clean_message(str(err.get("message") or "")) or "the model replica failed"
         if status == 400 and "context length" in message.lower():
             return cls(400, message, param="messages", code="context_length_exceeded")
         return cls(status, message, param=err.get("param"))

@@ -21,8 +21,10 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from serve.controller import CascadeController, Reply
+from serve.errors import error_body
 
 __all__ = ["ROUTES", "TITLE", "Route", "http_app", "serve_ingress"]
 
@@ -90,6 +92,21 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such path, a method the path does not take) as OpenAI envelopes:
+    a client reads the same error shape from every URL of the endpoint."""
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    body = error_body(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _app(**kwargs: Any) -> FastAPI:
+    app = FastAPI(title=TITLE, **kwargs)
+    app.add_exception_handler(HTTPException, _http_error)
+    return app
+
+
 def http_app(controller: CascadeController) -> FastAPI:
     """The routes bound to ``controller``, as a FastAPI app; its lifespan starts and stops the probes."""
 
@@ -101,7 +118,7 @@ def http_app(controller: CascadeController) -> FastAPI:
         finally:
             await controller.stop()
 
-    app = FastAPI(title=TITLE, lifespan=lifespan)
+    app = _app(lifespan=lifespan)
     for route in ROUTES:
         app.add_api_route(route.path, _bound(route.handler, controller), methods=[route.method], name=route.name)
     return app
@@ -119,14 +136,15 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController) -
     builder's: ``serve.app``); its constructor takes the controller's arguments."""
     from ray import serve
 
-    app = FastAPI(title=TITLE)
+    app = _app()
 
     class CascadeIngress:
         controller: CascadeController
 
         # Serve awaits an async constructor; the probes need the replica's running loop.
         async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
-            self.controller = controller_cls(*args, **kwargs)
+            # Serve's proxy answers every request with its x-request-id: the controller must not add one.
+            self.controller = controller_cls(*args, echo_request_id=False, **kwargs)
             self.controller.start()
 
         async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:

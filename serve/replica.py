@@ -17,16 +17,52 @@ vLLM's server would word them. Unknown top-level fields are rejected (vLLM only 
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from ray.serve.llm import LLMServer
 
-from serve.errors import error_body
+from serve.errors import clean_message, error_body
 
-__all__ = ["CascadeLLMServer", "ENDPOINTS"]
+__all__ = ["CascadeLLMServer", "ENDPOINTS", "request_error_body"]
+
+logger = logging.getLogger("ray.serve")
 
 ENDPOINTS = ("chat", "completions")
+
+
+def request_error_body(exc: Exception) -> dict[str, Any] | None:
+    """The answer to an exception raised while this replica handled one request, or None when the
+    replica itself is broken and the exception must propagate (the controller then treats the replica
+    as failed, and Serve's health check replaces it).
+
+    vLLM splits its own errors into client (4xx) and server (5xx) ones; beyond those, vLLM, its chat
+    template and the tokenizer validate a request by raising built-in errors (``ValueError``,
+    ``TypeError``, ``UnicodeError``: a lone surrogate, a ``tool_choice`` of the wrong type): the request
+    is bad, the replica is fine. Anything else is answered 500 without its traceback (logged here):
+    the replica still answered, so one client's odd request never takes it out of the cascade.
+    """
+    from vllm.exceptions import VLLMClientError, VLLMNotFoundError, VLLMServerError
+
+    if isinstance(exc, VLLMServerError):  # the engine died or failed: the replica is broken
+        return None
+    if isinstance(exc, VLLMNotFoundError):
+        return error_body(404, clean_message(str(exc)))
+    if isinstance(exc, VLLMClientError | ValueError | TypeError | OverflowError) or _is_template_error(exc):
+        param = getattr(exc, "parameter", None)
+        return error_body(400, clean_message(str(exc)) or type(exc).__name__, param=param)
+    logger.exception("the replica failed on a request (answered 500)")
+    return error_body(500, f"the model replica failed on this request ({type(exc).__name__})")
+
+
+def _is_template_error(exc: Exception) -> bool:
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+        return False
+    return isinstance(exc, TemplateError)
 
 
 class CascadeLLMServer(LLMServer):  # type: ignore[misc]
@@ -53,20 +89,23 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming request (``body["stream"]`` must be false); the response as a dict."""
-        request = self._parse(endpoint, {**body, "stream": False})
-        if isinstance(request, dict):
-            return request
         try:
+            request = self._parse(endpoint, {**body, "stream": False})
+            if isinstance(request, dict):
+                return request
             stream = await (self.chat(request) if endpoint == "chat" else self.completions(request))
             last: Any = None
             async for item in stream:
                 last = item
-        except ValueError as exc:
-            return error_body(400, str(exc))
+        except Exception as exc:
+            answer = request_error_body(exc)
+            if answer is None:
+                raise
+            return answer
         if last is None:
             return error_body(500, "the engine returned no response")
         out: dict[str, Any] = last.model_dump(mode="json", exclude_none=True)
-        return out
+        return _cleaned(out)
 
     async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """SSE lines (``data: {...}\\n\\n`` … ``data: [DONE]\\n\\n``) of a streaming request; a request
@@ -75,14 +114,36 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
         if isinstance(request, dict):
             yield request  # type: ignore[misc]
             return
-        stream = await (self.chat(request) if endpoint == "chat" else self.completions(request))
-        async for batch in stream:
-            # LLMServer batches stream chunks into lists; a single object is an error response.
-            if isinstance(batch, list):
-                for line in batch:
-                    yield line
-            elif hasattr(batch, "model_dump"):
-                yield batch.model_dump(mode="json", exclude_none=True)
-                return
-            else:
-                yield batch
+        started = False
+        try:
+            stream = await (self.chat(request) if endpoint == "chat" else self.completions(request))
+            async for batch in stream:
+                # LLMServer batches stream chunks into lists; a single object is an error response.
+                if isinstance(batch, list):
+                    for line in batch:
+                        started = True
+                        yield line
+                elif hasattr(batch, "model_dump"):
+                    yield _cleaned(batch.model_dump(mode="json", exclude_none=True))  # type: ignore[misc]
+                    return
+                else:
+                    started = True
+                    yield batch
+        except Exception as exc:
+            answer = request_error_body(exc)
+            if answer is None:
+                raise
+            # Before the first line the caller answers with the status; after it, one error event.
+            yield (f"data: {json.dumps(answer)}\n\n" if started else answer)  # type: ignore[misc]
+
+
+def _cleaned(body: dict[str, Any]) -> dict[str, Any]:
+    """An engine's error response rebuilt as our envelope: its status kept, its message one clean line
+    (Ray Serve LLM's carries the internal exception and the original one after it)."""
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return body
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    return error_body(status, clean_message(str(error.get("message") or "")) or "the model replica failed",
+                      param=error.get("param"))

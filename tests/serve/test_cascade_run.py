@@ -347,3 +347,24 @@ def test_threshold_cascade_skips_a_failed_model_and_returns_the_last_answer() ->
     assert [(s["model"], s["decision"]) for s in out.stages] == [
         ("small", "escalate"), ("medium", "error"), ("large", "accept")]
     assert out.served_model == "large"
+
+
+def _run_reporting_failures(fleet: FakeFleet) -> tuple[Any, list[str]]:
+    quality, cost = _estimators()
+    failed: list[str] = []
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 8}
+    out = asyncio.run(run_cascade("chat", body, MODELS, fleet, quality, cost, CascadeKnobs("cascade_routing", 1e9, 3),
+                                  stage_timeout_s=5.0, on_stage_failure=lambda model, err: failed.append(model)))
+    return out, failed
+
+
+def test_a_replica_that_answers_an_error_body_is_not_a_failed_replica() -> None:
+    """Regression (reliability issue, finding 1): a request one replica chokes on, answered with an
+    error body, skips that model for this request only. Re-probing it would take it out of the
+    cascade for every other client."""
+    broken = {"error": {"message": "the model replica failed on this request (KeyError)", "code": 500}}
+    out, failed = _run_reporting_failures(FakeFleet(reject={"small": broken}))
+    assert out.stages[0]["decision"] == "error" and out.served_model == "medium"
+    assert failed == []
+    out, failed = _run_reporting_failures(FakeFleet(fail={"small"}))  # could not reach it: failed
+    assert failed == ["small"]

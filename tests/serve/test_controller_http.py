@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -563,3 +564,57 @@ def test_the_controller_module_does_not_need_ray() -> None:
             "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'ray')))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert result.stdout.strip() == ""
+
+
+# -- hostile and malformed input (reliability issue, finding 5): envelopes, never a plain-text 500 ----------
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-1", "0", '"abc"', "[1]", "{}", "true", "1.5", "1e999"])
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("model", ["cascade", "small"])
+def test_token_limits_that_are_not_positive_integers_are_400s(client: TestClient, name: str, raw: str,
+                                                               model: str) -> None:
+    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}], "{name}": {raw}}}'
+    r = client.post("/v1/chat/completions", content=body, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == name
+
+
+def test_deeply_nested_json_is_a_400(client: TestClient) -> None:
+    raw = '{"model": "cascade", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = client.post("/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"})
+    assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"]
+
+
+def test_a_request_id_is_echoed_once_and_only_when_it_is_header_safe(client: TestClient) -> None:
+    body = {"model": "small", "messages": CHAT}
+    r = _chat(client, body, {**AUTH, "x-request-id": "abc-123"})
+    assert r.headers.get_list("x-request-id") == ["abc-123"]
+    non_ascii = ("x-request-id", "caf\xe9 \xfc".encode("latin-1"))
+    r = client.post("/v1/chat/completions", json=body, headers=[("Authorization", AUTH["Authorization"]), non_ascii])
+    assert r.status_code == 200
+    echoed = r.headers.get_list("x-request-id")
+    assert len(echoed) == 1 and re.fullmatch(r"[0-9a-f]{32}", echoed[0])
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/nothing", 404), ("POST", "/v2/chat/completions", 404), ("GET", "/v1/chat/completions", 405),
+    ("DELETE", "/v1/models", 405), ("PUT", "/health", 405),
+])
+def test_unknown_paths_and_methods_answer_openai_envelopes(client: TestClient, method: str, path: str,
+                                                           status: int) -> None:
+    r = client.request(method, path, headers=AUTH)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["code"] == status and error["type"] and path in error["message"]
+
+
+@pytest.mark.parametrize("model", ["cascade", "small"])
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"stream_options": {"include_usage": True}}, "stream_options"), ({"top_logprobs": 2}, "top_logprobs"),
+])
+def test_options_that_need_another_option_are_400s_on_every_model(client: TestClient, model: str,
+                                                                  extra: dict[str, Any], param: str) -> None:
+    """Regression (reliability issue, finding 6): never a 503 + Retry-After a client SDK would retry."""
+    r = _chat(client, {"model": model, "messages": CHAT, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param and "Retry-After" not in r.headers

@@ -142,3 +142,17 @@ def test_replica_error_bodies_round_trip_through_from_body() -> None:
     err = ApiError.from_body(error_body(503, "engine dead", param=None))
     assert (err.status, err.message) == (503, "engine dead")
     assert ApiError.from_body({"error": {"message": "?", "code": "weird"}}).status == 500
+
+
+def test_clean_message_keeps_one_line_for_the_client() -> None:
+    """Regression (reliability issue, finding 1): Ray Serve LLM's error message carries the internal
+    and original exceptions; a client reads the message alone, one line, bounded."""
+    from serve.errors import MESSAGE_CHARS, clean_message
+
+    ray_style = ("Message: tool_choice must be a string (Request ID: abc), Internal exception: tool_choice "
+                 "must be a string (Request ID: abc), original exception: Traceback (most recent call last):\n"
+                 '  File "/x.py", line 1')
+    assert clean_message(ray_style) == "tool_choice must be a string"
+    assert clean_message("bad value\nTraceback (most recent call last):\n  File ...") == "bad value"
+    assert len(clean_message("x" * 10_000)) == MESSAGE_CHARS
+    assert ApiError.from_body({"error": {"message": ray_style, "code": 400}}).message == "tool_choice must be a string"

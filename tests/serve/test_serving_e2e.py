@@ -206,6 +206,52 @@ def test_bad_requests_get_openai_errors(fleet_url: str, client: Any) -> None:
         client.chat.completions.create(model="nope", messages=CHAT)
 
 
+# Inputs that vLLM rejects by raising, not by answering an error (reliability issue, findings 1 and 6).
+HOSTILE = {
+    "tool_choice of the wrong type": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], "tool_choice": 5}',
+    "tool_choice without tools": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
+                                 b'"tool_choice": "required"}',
+    "a lone surrogate": b'{"MODEL": 1, "messages": [{"role": "user", "content": "\\ud800x"}]}',
+    "top_logprobs without logprobs": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
+                                     b'"top_logprobs": 2}',
+    "stream_options without stream": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
+                                     b'"stream_options": {"include_usage": true}}',
+}
+
+
+def test_hostile_inputs_are_400s_and_leave_every_replica_in_the_cascade(fleet_url: str, client: Any) -> None:
+    """Regression (reliability issue, findings 1 and 6): each is a 4xx with a one-line OpenAI envelope
+    (no traceback), never a 5xx or Retry-After, on the cascade and on a model directly; afterwards
+    both replicas are still ready and another client's cascade request is answered."""
+    import httpx
+
+    for name, raw in HOSTILE.items():
+        for model in ("cascade", "tiny-small"):
+            body = raw.replace(b'"MODEL": 1', f'"model": "{model}"'.encode())
+            r = _post(fleet_url, "/v1/chat/completions", None, raw=body)
+            assert 400 <= r.status_code < 500, (name, model, r.status_code, r.text[:300])
+            error = r.json()["error"]
+            assert "Retry-After" not in r.headers, (name, model)
+            assert "Traceback" not in error["message"] and "\n" not in error["message"], (name, model, error)
+    health = httpx.get(f"{fleet_url}/health", timeout=30).json()
+    assert set(health["models"].values()) == {"ready"}, health
+    victim = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=4,
+                                            extra_body={"cascade": {"lambda": 0.0}})
+    stages = (victim.model_extra or {})["cascade"]["stages"]
+    assert stages and all(s["decision"] != "error" for s in stages), stages
+
+
+def test_the_request_id_is_answered_once(fleet_url: str) -> None:
+    """Regression (reliability issue, finding 9): Serve's proxy answers with the request's id; the
+    controller used to add a second header."""
+    import httpx
+
+    body = {"model": "tiny-small", "messages": CHAT, "max_tokens": 2}
+    r = httpx.post(f"{fleet_url}/v1/chat/completions", json=body, timeout=120,
+                   headers={"Authorization": f"Bearer {API_KEY}", "x-request-id": "req-42"})
+    assert r.status_code == 200 and r.headers.get_list("x-request-id") == ["req-42"]
+
+
 def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
     import httpx
 

@@ -1,0 +1,41 @@
+"""How the replica answers an exception raised while it handled one request (no engine needed: the
+classification is a function; the real-stack counterpart is ``test_serving_e2e.py``'s hostile-input test)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="the engine stack (cpu/gpu extra) is not installed")
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("max_tokens must be at least 1"),
+    TypeError("'int' object is not iterable"),  # tool_choice: 5
+    UnicodeEncodeError("utf-8", "\ud800x", 0, 1, "surrogates not allowed"),  # a lone surrogate in a message
+    OverflowError("int too large to convert"),
+])
+def test_a_request_that_vllm_rejects_by_raising_is_a_400(exc: Exception) -> None:
+    from serve.replica import request_error_body
+
+    body = request_error_body(exc)
+    assert body is not None and body["error"]["code"] == 400 and body["error"]["type"] == "BadRequestError"
+    assert "\n" not in body["error"]["message"]
+
+
+def test_vllm_errors_keep_their_side() -> None:
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from serve.replica import request_error_body
+
+    body = request_error_body(VLLMValidationError("top_logprobs needs logprobs", parameter="top_logprobs"))
+    assert body is not None and body["error"]["code"] == 400 and body["error"]["param"] == "top_logprobs"
+    assert request_error_body(EngineDeadError()) is None  # the replica is broken: the exception propagates
+
+
+def test_an_unknown_failure_is_a_500_without_internals() -> None:
+    from serve.replica import request_error_body
+
+    body = request_error_body(RuntimeError("/secret/path/file.py line 3 in <module>"))
+    assert body is not None and body["error"]["code"] == 500
+    assert "secret" not in body["error"]["message"] and "RuntimeError" in body["error"]["message"]
