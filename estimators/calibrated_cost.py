@@ -505,6 +505,8 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         Also updates the moving averages of measured and ex-ante predicted completion tokens.
         """
         check_is_fitted(self)
+        if not stage.measures_rates:  # no engine timing of its own: nothing to compare the law with
+            return
         j = self._index(stage.model)
         model = self.models_[j]
         a = float(self.live_smoothing)
@@ -547,6 +549,13 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
             }
             for model, c in self.coef_.items()
         }
+
+    def billed_gpu_s(self, stage: StageResult) -> float:
+        """Measured GPU-seconds (engine seconds times the replica's GPUs), or for an untimed stage the law
+        given its token counts, times the live correction."""
+        if stage.timed:
+            return self.measured_gpu_s(stage)
+        return float(self.gpu_s_given_tokens(stage.model, stage.prompt_tokens, stage.completion_tokens))
 
     def supersede_measurements(self, model: str) -> None:
         """Nothing to drop: the calibrated law stands, and the correction is bounded (module docstring)."""

@@ -78,6 +78,15 @@ class StageResult:
     decode_s: float
     text: str = ""  # the answer, for estimators that compare answers
     finish_reason: str | None = None
+    # The engine reported this answer's own timing. vLLM sends none for n > 1 or a list of prompts:
+    # their prefill and decode read 0, which is no measurement and no bill.
+    timed: bool = True
+    n_sequences: int = 1  # choices in the answer: more than one share the timing, if any
+
+    @property
+    def measures_rates(self) -> bool:
+        """One sequence with the engine's own timing: an observation per-token rates may learn from."""
+        return self.timed and self.n_sequences == 1
 
     @classmethod
     def from_response(cls, model: str, endpoint: str, response: dict[str, Any]) -> StageResult:
@@ -86,7 +95,8 @@ class StageResult:
         logprobs (floored at ``LOGPROB_FLOOR``), queue / prefill / decode seconds."""
         usage = response.get("usage") or {}
         metrics = response.get("metrics") or {}
-        choice = (response.get("choices") or [{}])[0]
+        choices = response.get("choices") or [{}]
+        choice = choices[0]
         logprobs = choice.get("logprobs") or {}
         if endpoint == "chat":
             content = (choice.get("message") or {}).get("content")
@@ -104,6 +114,8 @@ class StageResult:
             decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
             text=content if isinstance(content, str) else "",
             finish_reason=choice.get("finish_reason"),
+            timed=metrics.get("time_to_first_token_ms") is not None and metrics.get("generation_time_ms") is not None,
+            n_sequences=max(1, len(choices)),
         )
 
     @property
@@ -163,4 +175,9 @@ class CostEstimator(Protocol):
 
     def current_rates(self, model: str) -> CostRates | None:
         """``model``'s rates as a prediction uses them now; None while the model knows nothing of it."""
+        ...
+
+    def billed_gpu_s(self, stage: StageResult) -> float:
+        """GPU-seconds a finished stage is billed: what the engine measured, or for a stage it did not
+        time (``stage.timed`` false: n > 1, a list of prompts) the model's rates times its token counts."""
         ...

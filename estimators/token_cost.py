@@ -37,14 +37,18 @@ class ModelRates:
 
 @dataclass
 class TokenCostModel:
-    """See the module docstring. ``smoothing`` is the weight of the newest stage in the averages."""
+    """See the module docstring. ``smoothing`` is the weight of the newest stage in the averages;
+    ``max_step`` bounds how far one stage can pull them (:meth:`observe`)."""
 
     smoothing: float = 0.2
     rates: dict[str, ModelRates] = field(default_factory=dict)
+    max_step: float = 2.0  # one observation counts as at most this factor above or below the estimate
 
     def __post_init__(self) -> None:
         if not 0.0 < self.smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing!r}")
+        if not self.max_step > 1.0:
+            raise ValueError(f"max_step must be above 1, got {self.max_step!r}")
 
     def knows(self, model: str) -> bool:
         return model in self.rates
@@ -79,14 +83,41 @@ class TokenCostModel:
         return cost
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
-        prefill = stage.prefill_s / max(stage.prompt_tokens, 1)
-        decode = stage.decode_s / max(stage.completion_tokens - 1, 1)
+        """Move ``stage.model``'s averages toward the stage's rates (module docstring).
+
+        Only what the stage measures moves an average, and by a bounded step: a stage without the
+        engine's timing or with several sequences teaches nothing; one with a single completion token
+        measured no decode; and one observation counts as at most ``max_step`` times the current
+        estimate (or its inverse), so a client's odd requests cannot drag an estimate far.
+        """
+        if not stage.measures_rates:
+            return
+        prefill = stage.prefill_s / max(stage.prompt_tokens, 1) if stage.prefill_s > 0 else None
+        decode = stage.decode_s / (stage.completion_tokens - 1) if stage.completion_tokens >= 2 else None
         rate = self.rates.get(stage.model)
         if rate is None:
-            self.rates[stage.model] = ModelRates(prefill, decode, float(stage.completion_tokens))
+            if prefill is not None and decode is not None:  # a first point needs both rates
+                self.rates[stage.model] = ModelRates(prefill, decode, float(stage.completion_tokens))
             return
         a = self.smoothing
-        rate.prefill_s_per_token += a * (prefill - rate.prefill_s_per_token)
-        rate.decode_s_per_token += a * (decode - rate.decode_s_per_token)
-        rate.completion_tokens += a * (stage.completion_tokens - rate.completion_tokens)
+        if prefill is not None:
+            step = self._bounded(prefill, rate.prefill_s_per_token) - rate.prefill_s_per_token
+            rate.prefill_s_per_token += a * step
+        if decode is not None:
+            rate.decode_s_per_token += a * (self._bounded(decode, rate.decode_s_per_token) - rate.decode_s_per_token)
+        tokens = self._bounded(float(stage.completion_tokens), max(rate.completion_tokens, 1.0))
+        rate.completion_tokens += a * (tokens - rate.completion_tokens)
         rate.n_stages += 1
+
+    def _bounded(self, value: float, current: float) -> float:
+        return min(max(value, current / self.max_step), current * self.max_step)
+
+    def billed_gpu_s(self, stage: StageResult) -> float:
+        """Measured GPU-seconds, or for an untimed stage the rates times its tokens (0 before any rate)."""
+        if stage.timed:
+            return stage.gpu_s
+        rate = self.rates.get(stage.model)
+        if rate is None:
+            return 0.0
+        decoded = max(stage.completion_tokens - stage.n_sequences, 0)  # each sequence's first token is prefill's
+        return rate.prefill_s_per_token * stage.prompt_tokens + rate.decode_s_per_token * decoded

@@ -131,6 +131,7 @@ class _Run:
     depth: int  # stages the policy may run
     logprobs: bool  # every stage asks its replica for token logprobs
     stages: dict[str, StageResult] = field(default_factory=dict)  # answered, in the order they answered
+    billed_gpu_s: dict[str, float] = field(default_factory=dict)  # per answered model (CostEstimator.billed_gpu_s)
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     trace: list[dict[str, Any]] = field(default_factory=list)
     decide_s: list[float] = field(default_factory=list)
@@ -287,11 +288,13 @@ async def _run_stage(
     if run.logprobs:
         quality.observe(run.query, result)
     cost.observe(run.query, result)
+    run.billed_gpu_s[model] = cost.billed_gpu_s(result)
     run.trace.append({
         "model": model,
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
-        "gpu_ms": round(result.gpu_s * 1e3, 3),
+        "gpu_ms": round(run.billed_gpu_s[model] * 1e3, 3),
+        "gpu_ms_measured": result.timed,  # false: the engine sent no timing; gpu_ms is the cost model's
         "queue_time_ms": round(result.queue_s * 1e3, 3),
         "time_to_first_token_ms": round(result.prefill_s * 1e3, 3),
         "generation_time_ms": round(result.decode_s * 1e3, 3),
@@ -325,7 +328,7 @@ def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, floa
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     # Summing the rounded stage values keeps the trace self-consistent: a reader adding up
     # stages[*].gpu_ms gets total_gpu_ms exactly, not one unit off in the last digit.
-    total_gpu_ms = round(sum(round(s.gpu_s * 1e3, 3) for s in stages.values()), 3)
+    total_gpu_ms = round(sum(round(gpu_s * 1e3, 3) for gpu_s in run.billed_gpu_s.values()), 3)
     response["usage"] = usage
     response["model"] = chosen
     response["cascade"] = {
@@ -340,4 +343,4 @@ def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, floa
     }
     response.pop("metrics", None)
     return CascadeOutcome(response=response, served_model=chosen, stages=trace,
-                          total_gpu_s=sum(s.gpu_s for s in stages.values()), decide_s=run.decide_s)
+                          total_gpu_s=sum(run.billed_gpu_s.values()), decide_s=run.decide_s)

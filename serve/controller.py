@@ -303,9 +303,10 @@ class CascadeController:
         stage = StageResult.from_response(model, endpoint, response)
         self._cost.observe(QueryInfo.from_request(endpoint, body), stage)
         self._update_rate_gauges(model)
-        self._metrics.gpu.observe(stage.gpu_s)
+        billed_gpu_s = self._cost.billed_gpu_s(stage)
+        self._metrics.gpu.observe(billed_gpu_s)
         self._metrics.requests.labels(endpoint, model, "ok").inc()
-        return response, {**headers, "x-cascade-cost-gpu-ms": f"{stage.gpu_s * 1e3:.3f}"}
+        return response, {**headers, "x-cascade-cost-gpu-ms": f"{billed_gpu_s * 1e3:.3f}"}
 
     async def _direct_stream(self, endpoint: str, model: str, body: dict[str, Any]) -> AsyncIterator[str]:
         """The replica's SSE lines, passed through. A failure before the first line is an ordinary error
@@ -349,6 +350,8 @@ class CascadeController:
         stream_options = body.get("stream_options")
         if stream_options is not None and not isinstance(stream_options, dict):
             raise ApiError(400, "stream_options must be an object", param="stream_options")
+        if stream:
+            _check_replayable(body)
         ready = [m for m in (knobs.models or self._model_ids) if self._probes.ready[m]]
         outcome = await run_cascade(
             endpoint, body, ready, self._call, self._quality, self._cost, knobs,
@@ -416,3 +419,15 @@ def _check_token_limits(body: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ApiError(400, f"{name} must be a positive integer, got {json.dumps(value)[:40]}", param=name)
+
+
+def _check_replayable(body: dict[str, Any]) -> None:
+    """A streamed cascade answer is replayed as one choice's text once accepted (``serve.sse``): a
+    request it would answer with less than asked for is refused up front, saying why."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise ApiError(400, "a streamed cascade answers one choice: send n > 1 without stream, or to one model",
+                       param="n")
+    if body.get("logprobs"):
+        raise ApiError(400, "a streamed cascade answer carries no logprobs: ask for them without stream, or from "
+                       "one model", param="logprobs")

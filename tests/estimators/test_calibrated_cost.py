@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
@@ -432,3 +433,19 @@ def test_pickle_round_trip_gives_identical_predictions(
     query = QueryInfo(text=held_out[0].prompt_text, prompt_tokens=300, max_tokens=512)
     np.testing.assert_array_equal(copy.predict(query, ["big", "small"], {}), model.predict(query, ["big", "small"], {}))
     assert copy.coefficients() == model.coefficients()
+
+
+def test_stages_without_engine_timing_neither_move_the_model_nor_bill_zero(fitted: GpuTimeCostModel) -> None:
+    """Regression (reliability issue, finding 2): n > 1 and lists of prompts come back without vLLM's
+    per-request metrics; a hundred of them left the correction where it was, and each is billed by the
+    law given its tokens, not as free."""
+    model = fresh(fitted)
+    query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)
+    untimed = dataclasses.replace(stage("small", completion_tokens=60), prefill_s=0.0, decode_s=0.0, timed=False,
+                                  n_sequences=3)
+    for _ in range(100):
+        model.observe(query, untimed)
+    assert model.correction_["small"] == 1.0 and model.n_observed_["small"] == 0
+    billed = model.billed_gpu_s(untimed)
+    assert billed == pytest.approx(float(model.gpu_s_given_tokens("small", 100, 60))) and billed > 0
+    assert model.billed_gpu_s(stage("small", wall_s=0.5)) == pytest.approx(model.measured_gpu_s(stage("small")))

@@ -33,3 +33,58 @@ def test_a_superseded_measurement_is_forgotten_and_the_next_one_counts_alone() -
     cost.observe(QUERY, _stage(0.01, 0.04))
     assert cost.rates["m"].decode_s_per_token == pytest.approx(0.01) and cost.rates["m"].n_stages == 1
     cost.supersede_measurements("never-measured")  # nothing to drop: no error
+
+
+# -- observations that cannot poison the estimate (reliability issue, finding 2) -------------------------
+
+
+def _adversarial(n: int) -> list[StageResult]:
+    """Shapes a client can send that used to be booked as free: several sequences without the engine's
+    timing (n > 1, a list of prompts), and single-token answers (no decode to measure)."""
+    shapes = [
+        StageResult("m", 10, 40, (), 0.0, 0.0, 0.0, timed=False, n_sequences=4),  # n=4: vLLM sends no metrics
+        StageResult("m", 80, 16, (), 0.0, 0.0, 0.0, timed=False, n_sequences=8),  # a list of 8 prompts
+        StageResult("m", 10, 1, (-0.1,), 0.0, 0.01, 0.0),  # max_tokens=1: prefill only, decode 0 s
+    ]
+    return [shapes[i % len(shapes)] for i in range(n)]
+
+
+def test_a_hundred_adversarial_requests_do_not_move_the_decode_estimate() -> None:
+    cost = TokenCostModel()
+    for _ in range(5):
+        cost.observe(QUERY, _stage(0.01, 0.04))
+    before = cost.current_rates("m")
+    for stage in _adversarial(100):
+        cost.observe(QUERY, stage)
+    after = cost.current_rates("m")
+    assert before is not None and after is not None
+    assert after.decode_s_per_token == before.decode_s_per_token  # 0 % moved (was driven toward 0)
+    assert after.prefill_s_per_token == pytest.approx(before.prefill_s_per_token)  # single-token: honest prefill
+
+
+def test_an_untimed_stage_is_billed_from_the_rates_not_as_free() -> None:
+    cost = TokenCostModel()
+    cost.observe(QUERY, _stage(0.01, 0.04))  # 1 ms per prompt token, 10 ms per decoded token
+    n4 = StageResult("m", 10, 40, (), 0.0, 0.0, 0.0, timed=False, n_sequences=4)
+    assert cost.billed_gpu_s(n4) == pytest.approx(0.001 * 10 + 0.01 * (40 - 4))
+    assert cost.billed_gpu_s(_stage(0.01, 0.04)) == pytest.approx(0.05)  # timed: what the engine measured
+    assert TokenCostModel().billed_gpu_s(n4) == 0.0  # nothing known of the model yet
+
+
+def test_one_observation_moves_an_estimate_by_a_bounded_step() -> None:
+    cost = TokenCostModel(smoothing=0.2, max_step=2.0)
+    cost.observe(QUERY, _stage(0.01, 0.04))
+    cost.observe(QUERY, _stage(0.01, 4.0))  # a 100x decode: counted as 2x
+    assert cost.rates["m"].decode_s_per_token == pytest.approx(0.01 + 0.2 * (0.02 - 0.01))
+    with pytest.raises(ValueError, match="max_step"):
+        TokenCostModel(max_step=1.0)
+
+
+def test_the_parser_marks_answers_without_engine_timing() -> None:
+    one = {"choices": [{"message": {"content": "4"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+           "metrics": {"time_to_first_token_ms": 2.0, "generation_time_ms": 0.0, "queue_time_ms": 0.1}}
+    stage = StageResult.from_response("m", "chat", one)
+    assert stage.timed and stage.n_sequences == 1 and stage.measures_rates
+    many = {"choices": [{"message": {"content": "4"}}] * 3, "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    stage = StageResult.from_response("m", "chat", many)
+    assert not stage.timed and stage.n_sequences == 3 and not stage.measures_rates

@@ -618,3 +618,12 @@ def test_options_that_need_another_option_are_400s_on_every_model(client: TestCl
     """Regression (reliability issue, finding 6): never a 503 + Retry-After a client SDK would retry."""
     r = _chat(client, {"model": model, "messages": CHAT, **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param and "Retry-After" not in r.headers
+
+
+@pytest.mark.parametrize(("extra", "param"), [({"n": 2}, "n"), ({"logprobs": True}, "logprobs")])
+def test_a_streamed_cascade_refuses_what_its_replay_would_drop(client: TestClient, extra: dict[str, Any],
+                                                               param: str) -> None:
+    """Regression (reliability issue, finding 9): the replay sent choice 0 only and no logprobs."""
+    r = _chat(client, {"model": "cascade", "messages": CHAT, "stream": True, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param
+    assert _chat(client, {"model": "cascade", "messages": CHAT, **extra}).status_code == 200  # unstreamed: fine

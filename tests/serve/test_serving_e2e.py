@@ -280,6 +280,36 @@ def test_metrics_count_requests_stages_and_cost(fleet_url: str, client: Any) -> 
     assert 'cascade_cost_model_seconds_per_token{model="tiny-large",phase="decode"}' in text
 
 
+def _decode_rate(fleet_url: str, model: str) -> float:
+    import httpx
+
+    text = httpx.get(fleet_url + "/metrics", timeout=30).text
+    line = next(x for x in text.splitlines()
+                if x.startswith(f'cascade_cost_model_seconds_per_token{{model="{model}",phase="decode"}}'))
+    return float(line.split()[-1])
+
+
+def test_requests_without_engine_timing_neither_poison_the_cost_model_nor_ride_free(fleet_url: str) -> None:
+    """Regression (reliability issue, finding 2): n > 1 and a list of prompts come back without vLLM's
+    per-request metrics. 40 of them used to drag tiny-large's decode estimate toward 0 and were billed
+    0 GPU-ms; now the estimate stays put and each is billed from the model's rates."""
+    before = _decode_rate(fleet_url, "tiny-large")
+    for i in range(20):
+        r = _post(fleet_url, "/v1/chat/completions", {"model": "tiny-large", "messages": CHAT, "max_tokens": 8,
+                                                      "n": 2, "temperature": 1.0, "seed": i})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text[:300]
+        assert float(r.headers["x-cascade-cost-gpu-ms"]) > 0
+        r = _post(fleet_url, "/v1/completions", {"model": "tiny-large", "prompt": ["2 + 2 =", "3 + 3 ="],
+                                                 "max_tokens": 8})
+        assert r.status_code == 200 and float(r.headers["x-cascade-cost-gpu-ms"]) > 0, r.text[:300]
+    after = _decode_rate(fleet_url, "tiny-large")
+    assert abs(after - before) <= 0.10 * before, (before, after)
+    r = _post(fleet_url, "/v1/chat/completions", {"model": "cascade", "messages": CHAT, "max_tokens": 8, "n": 2,
+                                                  "cascade": {"models": ["tiny-large"]}})
+    stage = r.json()["cascade"]["stages"][0]
+    assert stage["gpu_ms_measured"] is False and stage["gpu_ms"] > 0
+
+
 def test_bench_cost_floor_measures_identical_requests_on_the_fleet(fleet_url: str) -> None:
     from scripts.bench_cost_floor import PROMPTS, measure
 
