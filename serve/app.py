@@ -44,6 +44,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+VLLM_MAX_NUM_SEQS = 256  # vLLM's default batch of sequences per engine step
+# Requests past max_in_flight that still reach the controller, to be shed there with an envelope.
+SHED_HEADROOM = 256
 API_KEYS_ENV = "CASCADE_API_KEYS"  # comma-separated bearer tokens; unset or empty: no auth
 CONTROLLER_DEPLOYMENT = "CascadeController"  # the name Serve handles, dashboards and scripts know it by
 
@@ -57,8 +60,19 @@ def llm_config(spec: ModelSpec) -> Any:
     data = spec.model_dump(exclude_none=True, by_alias=True)
     data["engine_kwargs"] = {"enable_per_request_metrics": True, **data.get("engine_kwargs", {})}
     data["experimental_configs"] = {"stream_batching_interval_ms": 0, **data.get("experimental_configs", {})}
+    data["deployment_config"] = {**model_queue_limits(spec), **data.get("deployment_config", {})}
     data["server_cls"] = CascadeLLMServer
     return LLMConfig(**data)
+
+
+def model_queue_limits(spec: ModelSpec) -> dict[str, int]:
+    """A model's default bounds (a fleet file's ``deployment_config`` overrides them): twice the batch its
+    engine runs in flight per replica, and as many waiting at the router. Ray Serve LLM's own default
+    is a billion in flight, an unbounded queue inside the engine: latency grows without end under
+    overload, and the requests' memory with it. Past these, a stage gets Serve's backpressure error at
+    once, and the cascade answers from another model or sheds with 503 + Retry-After."""
+    batch = int(spec.engine_kwargs.get("max_num_seqs", VLLM_MAX_NUM_SEQS))
+    return {"max_ongoing_requests": 2 * batch, "max_queued_requests": 2 * batch}
 
 
 def model_deployment_version(spec: ModelSpec) -> str:
@@ -126,15 +140,23 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     }
     controller = serve.deployment(
-        serve_ingress(),
+        serve_ingress(max_body_bytes=fleet.cascade.max_body_bytes),
         name=CONTROLLER_DEPLOYMENT,
-        max_ongoing_requests=256,
+        **controller_deployment_options(fleet),
         ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}},
     )
     # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
     # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
     # text-feature weights per model), never with the traffic.
     return controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys)
+
+
+def controller_deployment_options(fleet: FleetConfig) -> dict[str, int]:
+    """Serve's limits for the controller: enough concurrency that every request reaches it, so the
+    controller sheds the excess itself (an OpenAI envelope with Retry-After, ``max_in_flight``) rather
+    than Serve queuing it unseen; and a bounded queue behind that, for bursts faster than shedding."""
+    limit = fleet.cascade.max_in_flight
+    return {"max_ongoing_requests": limit + SHED_HEADROOM, "max_queued_requests": limit}
 
 
 def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEstimator, CostEstimator]:
@@ -161,7 +183,7 @@ def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEst
         quality = CalibratedQuality(artifacts.quality, answer_kind=artifacts.summary["answer_kind"])
         cost = artifacts.cost
     settings = ControllerSettings(policy=cascade.policy, lambda_=lam, max_depth=cascade.max_depth or len(fleet.models),
-                                  stage_timeout_s=cascade.stage_timeout_s)
+                                  stage_timeout_s=cascade.stage_timeout_s, max_in_flight=cascade.max_in_flight)
     return settings, quality, cost
 
 

@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
 from routing import API_POLICY_NAMES, Estimates, Policy, constant_lambda_policy, core_policy_name
-from serve.errors import RETRY_AFTER_S, ApiError, to_api_error
+from serve.errors import RETRY_AFTER_S, ApiError, replica_failed, to_api_error
 
 __all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_cascade"]
 
@@ -279,7 +279,7 @@ async def _run_stage(
         # kept. A replica that answered with an error body is alive too (it may have choked on this
         # request alone): only a call that could not reach it marks it failed, or one client's odd
         # request would take a model out of the cascade for everyone.
-        elif on_stage_failure is not None and not isinstance(exc, TimeoutError | ApiError):
+        elif on_stage_failure is not None and replica_failed(exc):
             on_stage_failure(model, err)
         return
     result = StageResult.from_response(model, run.endpoint, response)

@@ -44,6 +44,7 @@ logger = logging.getLogger("ray.serve")
 
 VIRTUAL_MODEL = "cascade"
 PROBE_RETRY_S = 2.0
+SHED_RETRY_AFTER_S = 1  # a shed request may come back soon: capacity frees as requests finish
 
 Endpoint = Literal["chat", "completions"]
 # A completion's answer: the JSON body, or the SSE lines of a stream; and the response headers.
@@ -58,6 +59,7 @@ class ControllerSettings:
     lambda_: float  # quality per GPU-second (threshold_cascade: 1 - the quality threshold)
     max_depth: int  # at most this many models per query
     stage_timeout_s: float  # per replica call
+    max_in_flight: int = 256  # completions served at once; more are shed with 503 + Retry-After
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -72,6 +74,8 @@ class ControllerSettings:
         timeout = self.stage_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
             raise ValueError(f"stage_timeout_s must be a positive number, got {timeout!r}")
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class CascadeController:
                              f"({', '.join(replicas)})")
         self._handles = dict(replicas)
         self._echo_request_id = echo_request_id
+        self._in_flight = 0
         # Configuring a handle with .options() makes a new handle, with its own metrics pusher and
         # long-poll client in Serve: made once per model here and reused, as Ray's OpenAiIngress does.
         self._stream_handles = {model: handle.options(stream=True) for model, handle in replicas.items()}
@@ -163,11 +168,20 @@ class CascadeController:
         (lower-case names) in; the answer, or its error envelope, out."""
         # Behind Serve's proxy, which already answers with the request's id, a second header would repeat it.
         reply_headers = {"x-request-id": _request_id(headers.get("x-request-id"))} if self._echo_request_id else {}
+        if self._in_flight >= self._settings.max_in_flight:
+            # Shed at once: a request queued behind a full controller would wait for minutes and time out;
+            # answered now, the client backs off and the requests in flight keep their latency.
+            return self._error_reply(ApiError(503, f"the endpoint is at capacity ({self._settings.max_in_flight} "
+                                                   "requests in flight); retry shortly", code="overloaded",
+                                              retry_after_s=SHED_RETRY_AFTER_S), reply_headers, endpoint)
+        self._in_flight += 1
         try:
             self._check_auth(headers)
             payload, reply_headers = await self._dispatch(endpoint, _json_object(body), reply_headers)
         except Exception as exc:
             return self._error_reply(exc, reply_headers, endpoint)
+        finally:
+            self._in_flight -= 1
         if isinstance(payload, dict):
             return Reply(payload, headers=reply_headers)
         return Reply(payload, headers=reply_headers, media_type="text/event-stream")

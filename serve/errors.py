@@ -44,7 +44,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["RETRY_AFTER_S", "ApiError", "Failure", "Phase", "classify", "clean_message", "error_body", "to_api_error"]
+__all__ = [
+    "RETRY_AFTER_S", "ApiError", "Failure", "Phase", "classify", "clean_message", "error_body", "replica_failed",
+    "to_api_error",
+]
 
 _TYPES = {
     400: "BadRequestError",
@@ -62,7 +65,7 @@ RETRY_AFTER_S = 5
 # "answer": a direct call's whole answer; "start": a direct stream's first line; "stream": a later line
 # (the error goes out as one SSE event); "stage": one stage of a cascade (its trace entry names the model).
 Phase = Literal["answer", "start", "stream", "stage"]
-Kind = Literal["timeout", "unavailable", "empty_stream", "internal"]
+Kind = Literal["timeout", "busy", "unavailable", "empty_stream", "internal"]
 
 
 # What a client may read of an error: one line, this long at most.
@@ -153,6 +156,12 @@ _WORDING: dict[Kind, dict[Phase, str]] = {
         "stream": "{subject} stalled for {within}",
         "stage": "no answer within {within}",
     },
+    "busy": {
+        "answer": "{subject} is at capacity; retry shortly",
+        "start": "{subject} is at capacity; retry shortly",
+        "stream": "{subject} failed mid-stream ({name})",
+        "stage": "at capacity ({name})",
+    },
     "unavailable": {
         "answer": "{subject} is unavailable ({name})",
         "start": "{subject} is unavailable ({name})",
@@ -205,11 +214,22 @@ def classify(exc: Exception) -> Failure | None:
         return classify(inner) if isinstance(inner, Exception) else None
     if isinstance(exc, BackPressureError):
         retry_s = exc.retry_after_s
-        return Failure(int(exc.status_code), RETRY_AFTER_S if retry_s is None else math.ceil(retry_s), "unavailable")
+        return Failure(int(exc.status_code), RETRY_AFTER_S if retry_s is None else math.ceil(retry_s), "busy")
     for cls, failure in _ray_table():
         if isinstance(exc, cls):
             return failure
     return None
+
+
+def replica_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says the replica itself is gone or broken (its actor died, Serve has it
+    unavailable, our call to it failed unexpectedly), so it must answer a probe before it is used again.
+    An answer it gave (an ``ApiError`` from its error body), a deadline it missed (slow is not dead) and
+    a full queue (busy is not dead) leave it in the cascade."""
+    if not isinstance(exc, Exception) or isinstance(exc, ApiError):
+        return False
+    failure = classify(exc)
+    return failure is None or failure.kind in ("unavailable", "internal", "empty_stream")
 
 
 def to_api_error(

@@ -14,6 +14,7 @@ its ``DEFAULT_ENDPOINTS``:
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,13 +23,15 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.controller import CascadeController, Reply
 from serve.errors import error_body
 
-__all__ = ["ROUTES", "TITLE", "Route", "http_app", "serve_ingress"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
 
 TITLE = "cascade-serve"
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # the fleet file's cascade.max_body_bytes default
 
 Handler = Callable[[CascadeController, Request], Awaitable[Response]]
 
@@ -96,18 +99,58 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own answers (no such path, a method the path does not take) as OpenAI envelopes:
     a client reads the same error shape from every URL of the endpoint."""
     assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}",
+               413: str(exc.detail)}
     body = error_body(exc.status_code, message.get(exc.status_code, str(exc.detail)))
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-def _app(**kwargs: Any) -> FastAPI:
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 (an OpenAI envelope) without
+    being held whole: refused from its ``Content-Length`` before a byte is read, or, sent without one,
+    as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            status, body = 413, error_body(413, self._message())
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Raised inside the app, where the HTTP-error handler turns it into an envelope.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"the request body exceeds {self.max_bytes} bytes"
+
+
+def _app(*, max_body_bytes: int, **kwargs: Any) -> FastAPI:
     app = FastAPI(title=TITLE, **kwargs)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
 
-def http_app(controller: CascadeController) -> FastAPI:
+def http_app(controller: CascadeController, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The routes bound to ``controller``, as a FastAPI app; its lifespan starts and stops the probes."""
 
     @asynccontextmanager
@@ -118,7 +161,7 @@ def http_app(controller: CascadeController) -> FastAPI:
         finally:
             await controller.stop()
 
-    app = _app(lifespan=lifespan)
+    app = _app(max_body_bytes=max_body_bytes, lifespan=lifespan)
     for route in ROUTES:
         app.add_api_route(route.path, _bound(route.handler, controller), methods=[route.method], name=route.name)
     return app
@@ -131,12 +174,13 @@ def _bound(handler: Handler, controller: CascadeController) -> Callable[[Request
     return endpoint
 
 
-def serve_ingress(controller_cls: type[CascadeController] = CascadeController) -> type:
+def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *,
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> type:
     """The Ray Serve deployment class of ``controller_cls`` (``serve.deployment`` and ``.bind`` are the
     builder's: ``serve.app``); its constructor takes the controller's arguments."""
     from ray import serve
 
-    app = _app()
+    app = _app(max_body_bytes=max_body_bytes)
 
     class CascadeIngress:
         controller: CascadeController

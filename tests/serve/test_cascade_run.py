@@ -368,3 +368,19 @@ def test_a_replica_that_answers_an_error_body_is_not_a_failed_replica() -> None:
     assert failed == []
     out, failed = _run_reporting_failures(FakeFleet(fail={"small"}))  # could not reach it: failed
     assert failed == ["small"]
+
+
+def test_a_full_replica_queue_skips_the_model_without_marking_it_failed() -> None:
+    """Busy is not dead: Serve's backpressure error on a stage skips that model for this request only."""
+    serve_exceptions = pytest.importorskip("ray.serve.exceptions")
+
+    class Full(FakeFleet):
+        async def __call__(self, model: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+            if model == "small":
+                self.calls.append((model, body))
+                raise serve_exceptions.BackPressureError(16, 16)
+            return await super().__call__(model, endpoint, body)
+
+    out, failed = _run_reporting_failures(Full())
+    assert out.stages[0]["decision"] == "error" and "at capacity" in out.stages[0]["error"]
+    assert out.served_model == "medium" and failed == []

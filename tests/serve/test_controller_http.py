@@ -174,9 +174,10 @@ class FakeSleep:
 
 
 def _controller(handles: dict[str, FakeHandle] | None = None, *, stage_timeout_s: float = 5.0,
-                sleep: FakeSleep | None = None) -> CascadeController:
+                sleep: FakeSleep | None = None, max_in_flight: int = 256) -> CascadeController:
     handles = handles if handles is not None else {m: FakeHandle(m) for m in ("small", "large")}
-    settings = ControllerSettings(policy="cascade_routing", lambda_=0.01, max_depth=2, stage_timeout_s=stage_timeout_s)
+    settings = ControllerSettings(policy="cascade_routing", lambda_=0.01, max_depth=2, stage_timeout_s=stage_timeout_s,
+                                  max_in_flight=max_in_flight)
     return CascadeController(handles, settings, LogprobQuality(), TokenCostModel(), [API_KEY],
                              sleep=sleep or FakeSleep())
 
@@ -627,3 +628,44 @@ def test_a_streamed_cascade_refuses_what_its_replay_would_drop(client: TestClien
     r = _chat(client, {"model": "cascade", "messages": CHAT, "stream": True, **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param
     assert _chat(client, {"model": "cascade", "messages": CHAT, **extra}).status_code == 200  # unstreamed: fine
+
+
+# -- backpressure (reliability issue, finding 4) -----------------------------------------------------------
+
+
+def test_requests_past_max_in_flight_are_shed_at_once_with_an_envelope() -> None:
+    handles = {m: FakeHandle(m) for m in ("small", "large")}
+    controller = _controller(handles, max_in_flight=2)
+    body = json.dumps({"model": "small", "messages": CHAT}).encode()
+    auth = {"authorization": AUTH["Authorization"]}
+
+    async def burst() -> list[Any]:
+        handles["small"].stall_s = 0.3
+        t0 = time.monotonic()
+        replies = await asyncio.gather(*(controller.complete("chat", body, auth) for _ in range(5)))
+        return [(r, time.monotonic() - t0) for r in replies]
+
+    replies = asyncio.run(burst())
+    statuses = sorted(r.status for r, _ in replies)
+    assert statuses == [200, 200, 503, 503, 503]
+    for reply, _ in replies:
+        if reply.status == 503:
+            assert reply.body["error"]["code"] == "overloaded" and reply.headers["Retry-After"] == "1"
+    shed = 'cascade_requests_total{outcome="http_503",route="chat",served_model="none"} 3.0'
+    assert shed in controller.metrics().body
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read_whole(handles: dict[str, FakeHandle]) -> None:
+    with TestClient(http_app(_controller(handles), max_body_bytes=2048)) as client:
+        big = json.dumps({"model": "small", "messages": [{"role": "user", "content": "x" * 5000}]})
+        r = client.post("/v1/chat/completions", content=big, headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == 413 and "2048 bytes" in r.json()["error"]["message"]
+
+        def chunks() -> Any:  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b"x" * 1000
+
+        r = client.post("/v1/chat/completions", content=chunks(), headers=AUTH)
+        assert r.status_code == 413 and r.json()["error"]["code"] == 413
+        assert not handles["small"].calls or all(e != "chat" for e, _ in handles["small"].calls)
+        assert _chat(client, {"model": "small", "messages": CHAT}).status_code == 200  # small bodies pass
