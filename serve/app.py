@@ -67,12 +67,14 @@ def llm_config(spec: ModelSpec) -> Any:
 
 def model_queue_limits(spec: ModelSpec) -> dict[str, int]:
     """A model's default bounds (a fleet file's ``deployment_config`` overrides them): twice the batch its
-    engine runs in flight per replica, and as many waiting at the router. Ray Serve LLM's own default
-    is a billion in flight, an unbounded queue inside the engine: latency grows without end under
-    overload, and the requests' memory with it. Past these, a stage gets Serve's backpressure error at
-    once, and the cascade answers from another model or sheds with 503 + Retry-After."""
+    engine runs in flight per replica, and four times that waiting at the router (Serve counts a
+    burst's requests as queued while it assigns them, so the queue needs room beyond steady state).
+    Ray Serve LLM's own default is a billion in flight, an unbounded queue inside the engine: latency
+    grows without end under overload, and the requests' memory with it. Past these, a stage gets
+    Serve's backpressure error at once, and the cascade answers from another model or sheds with
+    503 + Retry-After."""
     batch = int(spec.engine_kwargs.get("max_num_seqs", VLLM_MAX_NUM_SEQS))
-    return {"max_ongoing_requests": 2 * batch, "max_queued_requests": 2 * batch}
+    return {"max_ongoing_requests": 2 * batch, "max_queued_requests": 8 * batch}
 
 
 def model_deployment_version(spec: ModelSpec) -> str:
@@ -154,9 +156,11 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
 def controller_deployment_options(fleet: FleetConfig) -> dict[str, int]:
     """Serve's limits for the controller: enough concurrency that every request reaches it, so the
     controller sheds the excess itself (an OpenAI envelope with Retry-After, ``max_in_flight``) rather
-    than Serve queuing it unseen; and a bounded queue behind that, for bursts faster than shedding."""
-    limit = fleet.cascade.max_in_flight
-    return {"max_ongoing_requests": limit + SHED_HEADROOM, "max_queued_requests": limit}
+    than Serve queuing it unseen; and a bounded queue behind that. Serve's router counts a burst's
+    requests as queued while it assigns them, so that queue gets the same headroom: past it Serve
+    answers its own plain-text 503."""
+    limit = fleet.cascade.max_in_flight + SHED_HEADROOM
+    return {"max_ongoing_requests": limit, "max_queued_requests": limit}
 
 
 def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEstimator, CostEstimator]:

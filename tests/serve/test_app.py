@@ -179,17 +179,17 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
 def test_queues_are_bounded_by_default_and_the_fleet_file_can_set_them() -> None:
     """Reliability issue, finding 4: the controller sees every request up to ``max_in_flight`` plus
     headroom (it sheds the excess itself), and every model has a bounded queue, twice its engine batch,
-    unless its ``deployment_config`` says otherwise."""
+    unless its ``deployment_config`` says otherwise (four times that may wait)."""
     pytest.importorskip("ray.serve.llm", reason="the cpu extra (ray[serve]) is not installed")
     from serve.app import SHED_HEADROOM, controller_deployment_options, llm_config
 
     fleet = _cpu_fleet(**{"lambda": 0.1, "max_in_flight": 32})
     assert controller_deployment_options(fleet) == {"max_ongoing_requests": 32 + SHED_HEADROOM,
-                                                    "max_queued_requests": 32}
+                                                    "max_queued_requests": 32 + SHED_HEADROOM}
     small = fleet.models[0]
     batch = small.engine_kwargs["max_num_seqs"]
     limits = llm_config(small).deployment_config
-    assert limits["max_ongoing_requests"] == 2 * batch and limits["max_queued_requests"] == 2 * batch
+    assert limits["max_ongoing_requests"] == 2 * batch and limits["max_queued_requests"] == 8 * batch
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     entry = data["models"][0]
     entry["deployment_config"] = {**entry.get("deployment_config", {}), "max_queued_requests": 5}

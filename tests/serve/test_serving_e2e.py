@@ -437,6 +437,58 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
         wait_ready(fleet_url, 600)
 
 
+def test_overload_is_shed_at_once_and_oversized_bodies_refused(fleet_url: str, tiny_models: dict[str, Path]) -> None:
+    """Reliability issue, finding 4, on the real stack: the controller redeployed with room for 2
+    requests in flight and 4 KiB bodies. A burst of 10 slow cascade requests: the excess is answered
+    503 + Retry-After with an OpenAI envelope within a second, the rest are served; a 10 KB body is
+    413. The engines are not restarted (the models' versions are pinned)."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    from cluster.config import FleetConfig
+    from serve.deploy import deploy, wait_ready
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
+    fleet = FleetConfig.from_mapping(data)
+    tight = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"max_in_flight": 2,
+                                                                                 "max_body_bytes": 4096})})
+    port = int(fleet_url.rsplit(":", 1)[1])
+    engines = _model_replica_actors()
+    deploy(tight, host="127.0.0.1", port=port, api_keys=[API_KEY])
+    try:
+        wait_ready(fleet_url, 600)
+        body = {"model": "cascade", "messages": CHAT, "max_tokens": 48, "cascade": {"lambda": 0.0},
+                "temperature": 0.0}
+
+        def ask(_: int) -> tuple[int, dict[str, Any], dict[str, str], float]:
+            t0 = time.monotonic()
+            r = _post(fleet_url, "/v1/chat/completions", body)
+            assert r.headers.get("content-type", "").startswith("application/json"), (r.status_code, r.text[:300])
+            return r.status_code, r.json(), dict(r.headers), time.monotonic() - t0
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(ask, range(10)))
+        served = [r for r in results if r[0] == 200]
+        shed = [r for r in results if r[0] == 503]
+        assert served and shed and len(served) + len(shed) == 10, [r[0] for r in results]
+        for _, answer, headers, seconds in shed:
+            assert answer["error"]["code"] == "overloaded" and headers["retry-after"] == "1"
+            assert seconds < 1.0, seconds
+        big = {"model": "cascade", "messages": [{"role": "user", "content": "x" * 10_000}]}
+        r = _post(fleet_url, "/v1/chat/completions", big)
+        assert r.status_code == 413 and r.json()["error"]["code"] == 413
+        r = httpx.get(f"{fleet_url}/v1/nothing", timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"] == 404  # unknown paths: an envelope too
+        assert _model_replica_actors() == engines
+    finally:
+        deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
+        wait_ready(fleet_url, 600)
+
+
 def _model_replica_actors() -> list[str]:
     import ray
 
