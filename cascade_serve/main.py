@@ -88,6 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("file", type=Path, help="fleet file (models.yaml, models.cpu.yaml)")
     _add_cluster_args(up)
     up.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
+    up.add_argument("--no-auth", action="store_true",
+                    help="deploy without API keys even where the running fleet has them (default: refuse)")
 
     st = sub.add_parser("status", help="the deployed fleet: Serve deployments and the controller's /health")
     _add_cluster_args(st)
@@ -145,12 +147,16 @@ def _up(args: argparse.Namespace) -> int:
     from serve.deploy import connect, deploy, health_summary, wait_ready
 
     FleetConfig.from_file(args.file)  # a bad file fails here, before any cluster work
+    url = f"http://{args.host}:{args.port}"
+    if not _api_keys() and not args.no_auth and _requires_api_key(url):
+        # Redeploying without keys would silently open a fleet its operator had closed.
+        raise ValueError(f"the fleet running at {url} requires API keys and CASCADE_API_KEYS is not set: set it "
+                         "to keep authentication on, or pass --no-auth to turn it off")
     console = Console(stderr=True)
     with console.status("connecting to Ray") as status:
         how = connect(args.address, start_local=True)
         status.update(f"deploying {args.file} ({how} Ray cluster)")
         deploy(FleetConfig.from_file(args.file), host=args.host, port=args.port)
-        url = f"http://{args.host}:{args.port}"
 
         def show(body: dict[str, Any]) -> None:
             status.update("waiting for models: " + health_summary(body))
@@ -158,6 +164,26 @@ def _up(args: argparse.Namespace) -> int:
         wait_ready(url, args.timeout, show)
     console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")
     return 0
+
+
+def _api_keys() -> list[str]:
+    from serve.app import API_KEYS_ENV
+
+    return [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
+
+
+def _requires_api_key(url: str) -> bool:
+    """Whether an endpoint answers at ``url`` and refuses ``/v1/models`` without a key (nothing there: no)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=5):
+            return False
+    except urllib.error.HTTPError as err:
+        return err.code == 401
+    except OSError:  # nothing listens: a first deployment
+        return False
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -225,7 +251,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from estimators.artifacts import ArtifactsError
 
     out = args.out or _DEFAULT_CALIBRATION / args.file.stem
-    keys = [k for k in os.environ.get("CASCADE_API_KEYS", "").split(",") if k]
+    keys = _api_keys()
     opts = CalibrateOptions(
         fleet_file=args.file, prompts=args.prompts, out=out, url=args.url or "http://127.0.0.1:8000",
         budget=args.budget, held_out=args.held_out, concurrency=args.concurrency, seed=args.seed,

@@ -120,3 +120,4 @@ def test_health_summary_names_every_model_state_and_the_cost_model() -> None:
     body = {"status": "ok", "models": {"tiny-small": "ready", "tiny-large": "starting"}, "cost_model": "settling"}
     assert health_summary(body) == "tiny-small ready, tiny-large starting; cost model settling"
     assert health_summary({}) == ""
+

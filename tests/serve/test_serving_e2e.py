@@ -252,6 +252,19 @@ def test_the_request_id_is_answered_once(fleet_url: str) -> None:
     assert r.status_code == 200 and r.headers.get_list("x-request-id") == ["req-42"]
 
 
+def test_up_without_keys_refuses_to_open_the_keyed_fleet(fleet_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (reliability issue, finding 7), against the real keyed fleet: nothing is redeployed."""
+    from cascade_serve.main import main
+
+    monkeypatch.delenv("CASCADE_API_KEYS", raising=False)
+    port = fleet_url.rsplit(":", 1)[1]
+    assert main(["up", str(REPO / "models.cpu.yaml"), "--port", port]) == 2
+    assert "requires API keys" in capsys.readouterr().err
+    r = _post(fleet_url, "/v1/chat/completions", {"model": "tiny-small", "messages": CHAT}, key=None)
+    assert r.status_code == 401  # still closed
+
+
 def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
     import httpx
 
