@@ -288,6 +288,7 @@ class CascadeController:
         if not isinstance(stream, bool):
             raise ApiError(400, f"stream must be a boolean, got {stream!r}", param="stream")
         _check_token_limits(body)
+        body = _openai_fields(body)
         # What vLLM rejects on a direct call, the cascade rejects too: its stages ask for logprobs and
         # never stream, so the request's own combination would otherwise pass unchecked.
         if body.get("stream_options") is not None and not stream:
@@ -422,6 +423,26 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def _request_id(given: str | None) -> str:
     return given if given is not None and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+# Current OpenAI request fields that vLLM does not know, by the rule the README states: a field that only
+# files or describes the request (it cannot change the answer) is accepted and dropped; a field that
+# would change the answer, which this server cannot honour, is refused by name. Any other unknown field
+# is refused by the replica (a typo must not fall back to a default).
+IGNORED_FIELDS = frozenset({"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
+UNSUPPORTED_FIELDS = frozenset({"modalities", "audio", "prediction", "web_search_options", "verbosity",
+                                "functions", "function_call"})
+
+
+def _openai_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the fields that cannot change the answer; a 400 for one this server cannot honour."""
+    unsupported = sorted(UNSUPPORTED_FIELDS & body.keys())
+    if unsupported:
+        raise ApiError(400, f"{unsupported[0]}: not supported by this server (it would change the answer)",
+                       param=unsupported[0])
+    if IGNORED_FIELDS.isdisjoint(body):
+        return body
+    return {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
 
 
 def _check_token_limits(body: dict[str, Any]) -> None:

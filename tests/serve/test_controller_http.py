@@ -669,3 +669,23 @@ def test_a_body_over_the_limit_is_413_before_it_is_read_whole(handles: dict[str,
         assert r.status_code == 413 and r.json()["error"]["code"] == 413
         assert not handles["small"].calls or all(e != "chat" for e, _ in handles["small"].calls)
         assert _chat(client, {"model": "small", "messages": CHAT}).status_code == 200  # small bodies pass
+
+
+@pytest.mark.parametrize("model", ["cascade", "small"])
+def test_openai_fields_that_cannot_change_the_answer_are_accepted_and_dropped(
+    client: TestClient, handles: dict[str, FakeHandle], model: str
+) -> None:
+    """Reliability issue, finding 9: current clients send these; the replica (vLLM) does not know them."""
+    extra = {"metadata": {"team": "a"}, "store": False, "service_tier": "auto", "prompt_cache_key": "k",
+             "safety_identifier": "u1"}
+    r = _chat(client, {"model": model, "messages": CHAT, **extra})
+    assert r.status_code == 200, r.text
+    forwarded = [body for h in handles.values() for _, body in h.calls if body.get("messages") == CHAT]
+    assert forwarded and all(extra.keys().isdisjoint(body) for body in forwarded)
+
+
+@pytest.mark.parametrize("field", ["modalities", "audio", "prediction", "web_search_options", "function_call"])
+def test_openai_fields_this_server_cannot_honour_are_refused_by_name(client: TestClient, field: str) -> None:
+    r = _chat(client, {"model": "cascade", "messages": CHAT, field: {}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field
+    assert "not supported" in r.json()["error"]["message"]

@@ -265,6 +265,18 @@ def test_up_without_keys_refuses_to_open_the_keyed_fleet(fleet_url: str, monkeyp
     assert r.status_code == 401  # still closed
 
 
+def test_current_openai_fields_follow_the_documented_rule(fleet_url: str) -> None:
+    """Reliability issue, finding 9: fields that file the request are accepted (vLLM would refuse them);
+    one this server cannot honour is a 400 naming it."""
+    for model in ("tiny-small", "cascade"):
+        body = {"model": model, "messages": CHAT, "max_tokens": 2, "metadata": {"team": "a"}, "store": False,
+                "service_tier": "auto"}
+        r = _post(fleet_url, "/v1/chat/completions", body)
+        assert r.status_code == 200, r.text[:300]
+        r = _post(fleet_url, "/v1/chat/completions", {"model": model, "messages": CHAT, "modalities": ["audio"]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "modalities"
+
+
 def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
     import httpx
 
