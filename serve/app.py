@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # imported where used: the CLI imports this module, and routi
     from serve.controller import ControllerSettings
 
 __all__ = [
-    "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "build_app", "controller_parts", "fleet_app", "llm_config",
-    "model_deployment_version",
+    "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "build_app", "controller_deployment_version", "controller_parts",
+    "fleet_app", "llm_config", "model_deployment_version",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,32 @@ def model_deployment_version(spec: ModelSpec) -> str:
     return digest.hexdigest()[:16]
 
 
+def controller_deployment_version(fleet: FleetConfig, api_keys: list[str]) -> str:
+    """Serve's version of the controller deployment: equal versions let ``cascade up`` with an unchanged
+    file keep the running controller (a restart answers 503s for seconds and drops what the live
+    estimators learned). It covers all the controller is built from: the ``cascade`` block, the
+    artifacts' bytes, the models' versions, the API keys (hashed) and the code it runs (the packages it
+    imports, and Ray's version)."""
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    digest = hashlib.sha256(json.dumps(fleet.cascade.model_dump(mode="json", by_alias=True), sort_keys=True).encode())
+    if fleet.cascade.artifacts is not None:
+        for name in ("calibration.json", "estimators.pkl"):
+            path = Path(fleet.cascade.artifacts) / name
+            digest.update(path.read_bytes() if path.exists() else b"-")
+    for spec in fleet.models:
+        digest.update(f"{spec.model_id}={model_deployment_version(spec)}".encode())
+    digest.update(hashlib.sha256("\n".join(sorted(api_keys)).encode()).digest())
+    for package in ("serve", "estimators", "routing", "cluster"):
+        found = find_spec(package)  # located, not imported
+        for folder in (found.submodule_search_locations or []) if found is not None else []:
+            for path in sorted(Path(folder).rglob("*.py")):
+                digest.update(path.name.encode() + path.read_bytes())
+    digest.update(f"ray=={version('ray')}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _pin_version(app: Any, version: str) -> Any:
     """Give a bound deployment a fixed version (Serve's public API no longer takes one)."""
     deployment = getattr(app, "_bound_deployment", None)
@@ -150,7 +176,8 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
     # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
     # text-feature weights per model), never with the traffic.
-    return controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys)
+    app = controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys)
+    return _pin_version(app, controller_deployment_version(fleet, keys))
 
 
 def controller_deployment_options(fleet: FleetConfig) -> dict[str, int]:

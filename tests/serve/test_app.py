@@ -162,7 +162,7 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
     pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
     import ray
 
-    from serve.app import fleet_app, model_deployment_version
+    from serve.app import controller_deployment_version, fleet_app, model_deployment_version
 
     fleet = _cpu_fleet(**{"lambda": 0.1})
     _private_ray()
@@ -171,7 +171,8 @@ def test_fleet_app_pins_each_model_deployments_version() -> None:
         models = app._bound_deployment._replica_config.init_kwargs["replicas"]
         for spec in fleet.models:
             assert models[spec.model_id]._bound_deployment.version == model_deployment_version(spec)
-        assert app._bound_deployment.version is None  # the controller restarts with its settings
+        # Pinned too (reliability issue, finding 7): `cascade up` with an unchanged file keeps the controller.
+        assert app._bound_deployment.version == controller_deployment_version(fleet, [])
     finally:
         ray.shutdown()
 
@@ -195,3 +196,23 @@ def test_queues_are_bounded_by_default_and_the_fleet_file_can_set_them() -> None
     entry["deployment_config"] = {**entry.get("deployment_config", {}), "max_queued_requests": 5}
     limits = llm_config(FleetConfig.from_mapping(data).models[0]).deployment_config
     assert limits["max_queued_requests"] == 5 and limits["max_ongoing_requests"] == 2 * batch
+
+
+def test_controller_version_changes_with_what_the_controller_is_built_from(tmp_path: Path) -> None:
+    """Same file and keys: same version (a redeploy keeps the running controller and what it learned);
+    a knob, the keys or the artifacts' bytes: a new one."""
+    from serve.app import controller_deployment_version
+
+    fleet = _cpu_fleet(**{"lambda": 0.1})
+    base = controller_deployment_version(fleet, ["k1"])
+    assert controller_deployment_version(_cpu_fleet(**{"lambda": 0.1}), ["k1"]) == base
+    assert controller_deployment_version(_cpu_fleet(**{"lambda": 0.2}), ["k1"]) != base
+    assert controller_deployment_version(fleet, ["k2"]) != base
+    assert controller_deployment_version(fleet, []) != base
+    artifacts = tmp_path / "calib"
+    artifacts.mkdir()
+    (artifacts / "calibration.json").write_text("{}")
+    calibrated = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"artifacts": artifacts})})
+    first = controller_deployment_version(calibrated, ["k1"])
+    (artifacts / "calibration.json").write_text('{"refit": true}')
+    assert controller_deployment_version(calibrated, ["k1"]) != first

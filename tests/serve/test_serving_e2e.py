@@ -514,6 +514,30 @@ def test_overload_is_shed_at_once_and_oversized_bodies_refused(fleet_url: str, t
         wait_ready(fleet_url, 600)
 
 
+def test_redeploying_an_unchanged_file_keeps_the_running_controller(fleet_url: str,
+                                                                    tiny_models: dict[str, Path]) -> None:
+    """Reliability issue, finding 7: every `cascade up` used to restart the controller (seconds of 503s
+    under load, and the live estimates lost); now its version is pinned like the models'."""
+    import ray
+
+    from cluster.config import FleetConfig
+    from serve.deploy import deploy, wait_ready
+
+    def controllers() -> list[str]:
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if "CascadeController" in a["name"])
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
+    before = controllers()
+    assert before
+    deploy(FleetConfig.from_mapping(data), host="127.0.0.1", port=int(fleet_url.rsplit(":", 1)[1]),
+           api_keys=[API_KEY])
+    wait_ready(fleet_url, 600)
+    assert controllers() == before
+
+
 def _model_replica_actors() -> list[str]:
     import ray
 
