@@ -277,6 +277,29 @@ def test_current_openai_fields_follow_the_documented_rule(fleet_url: str) -> Non
         assert r.status_code == 400 and r.json()["error"]["param"] == "modalities"
 
 
+def test_generated_requests_on_the_real_fleet_get_envelopes_never_5xx(fleet_url: str) -> None:
+    """``test_fuzz.py``'s generator against the real engines (vLLM's own validation, the chat template,
+    the tokenizer): every answer an envelope with an allowed status, none hanging; then both replicas
+    are still ready."""
+    import httpx
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from test_fuzz import bodies, check_envelope
+
+    with httpx.Client(base_url=fleet_url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+
+        @settings(max_examples=120, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @given(body=bodies(), path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
+        def run(body: dict[str, Any], path: str) -> None:
+            body = {**body, "max_tokens": 4} if isinstance(body.get("max_tokens"), int) else body
+            raw = json.dumps(body, allow_nan=True).encode()
+            check_envelope(http.post(path, content=raw, headers={"content-type": "application/json"}))
+
+        run()
+        health = http.get("/health").json()
+    assert set(health["models"].values()) == {"ready"}, health
+
+
 def test_api_keys_guard_v1_but_not_health(fleet_url: str) -> None:
     import httpx
 
