@@ -133,6 +133,12 @@ def controller_deployment_version(fleet: FleetConfig, api_keys: list[str]) -> st
     return digest.hexdigest()[:16]
 
 
+def _deployment_name(app: Any) -> str:
+    """The Serve deployment name of a bound model application (``model:<id>``, with Ray LLM's escaping)."""
+    deployment = getattr(app, "_bound_deployment", None)
+    return str(deployment.name) if deployment is not None else ""
+
+
 def _pin_version(app: Any, version: str) -> Any:
     """Give a bound deployment a fixed version (Serve's public API no longer takes one)."""
     deployment = getattr(app, "_bound_deployment", None)
@@ -176,7 +182,13 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
     # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
     # text-feature weights per model), never with the traffic.
-    app = controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys)
+    deployments = {model: _deployment_name(app) for model, app in replicas.items()}
+    if not all(deployments.values()):  # a Ray that moved the attribute: no watch, rather than a wrong one
+        logger.warning("cannot read the models' deployment names on this Ray; replicas that vanish are noticed "
+                       "only by failed or timed-out stages")
+        deployments = {}
+    app = controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys,
+                          replica_deployments=deployments)
     return _pin_version(app, controller_deployment_version(fleet, keys))
 
 

@@ -44,6 +44,7 @@ logger = logging.getLogger("ray.serve")
 
 VIRTUAL_MODEL = "cascade"
 PROBE_RETRY_S = 2.0
+WATCH_PERIOD_S = 1.0  # how often the controller checks that every ready model still has a replica
 SHED_RETRY_AFTER_S = 1  # a shed request may come back soon: capacity frees as requests finish
 
 Endpoint = Literal["chat", "completions"]
@@ -109,6 +110,9 @@ class CascadeController:
     echo_request_id : bool
         Answer with ``x-request-id`` (the client's, if header-safe, else a new one); off behind a proxy
         that sets it itself (Ray Serve's).
+    replica_watch : callable or None
+        Returns the models that still have a live replica (``serve.watch.live_models``), or None when it
+        cannot tell; polled every ``watch_period_s`` from :meth:`start`. None: no watch.
     """
 
     def __init__(
@@ -122,6 +126,8 @@ class CascadeController:
         probe_retry_s: float = PROBE_RETRY_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         echo_request_id: bool = True,
+        replica_watch: Callable[[], set[str] | None] | None = None,
+        watch_period_s: float = WATCH_PERIOD_S,
     ) -> None:
         if not replicas:
             raise ValueError("replicas: the fleet needs at least one model")
@@ -133,6 +139,9 @@ class CascadeController:
         self._handles = dict(replicas)
         self._echo_request_id = echo_request_id
         self._in_flight = 0
+        self._replica_watch = replica_watch
+        self._watch_period_s = watch_period_s
+        self._watch_task: asyncio.Task[None] | None = None
         # Configuring a handle with .options() makes a new handle, with its own metrics pusher and
         # long-poll client in Serve: made once per model here and reused, as Ray's OpenAiIngress does.
         self._stream_handles = {model: handle.options(stream=True) for model, handle in replicas.items()}
@@ -154,13 +163,36 @@ class CascadeController:
         return list(self._model_ids)
 
     def start(self) -> None:
-        """Start probing every replica (needs the running event loop the requests are served on)."""
+        """Start probing every replica, and watching for replicas that vanish (needs the running event loop
+        the requests are served on)."""
         for model in self._model_ids:
             self._probes.start(model)
+        if self._replica_watch is not None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        """Cancel the probes still running."""
+        """Cancel the probes and the watch still running."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         await self._probes.stop()
+
+    async def _watch(self) -> None:
+        """Every ``watch_period_s``: a ready model without a live replica (``serve.watch``) leaves the
+        cascade now, not after a stage waited out its timeout; its probes bring it back."""
+        assert self._replica_watch is not None
+        while True:
+            await asyncio.sleep(self._watch_period_s)
+            try:
+                alive = await asyncio.to_thread(self._replica_watch)  # a blocking call to Ray's GCS
+            except Exception:  # a GCS hiccup must not end the watch
+                logger.warning("could not list the live replicas; retrying", exc_info=True)
+                continue
+            if alive is None:
+                continue
+            for model in self._model_ids:
+                if self._probes.ready[model] and model not in alive:
+                    logger.warning("the replica of %s is gone; out of the cascade until a probe answers", model)
+                    self._probes.failed(model)
 
     # -- public API: plain data in, plain data out ------------------------------------------------------
     async def complete(self, endpoint: Endpoint, body: bytes, headers: Mapping[str, str]) -> Reply:

@@ -14,6 +14,7 @@ its ``DEFAULT_ENDPOINTS``:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.controller import CascadeController, Reply
 from serve.errors import error_body
+from serve.watch import live_models
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
 
@@ -188,7 +190,9 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
         # Serve awaits an async constructor; the probes need the replica's running loop.
         async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
             # Serve's proxy answers every request with its x-request-id: the controller must not add one.
-            self.controller = controller_cls(*args, echo_request_id=False, **kwargs)
+            deployments: dict[str, str] = kwargs.pop("replica_deployments", {})
+            watch = functools.partial(live_models, deployments) if deployments else None
+            self.controller = controller_cls(*args, echo_request_id=False, replica_watch=watch, **kwargs)
             self.controller.start()
 
         async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -174,12 +174,12 @@ class FakeSleep:
 
 
 def _controller(handles: dict[str, FakeHandle] | None = None, *, stage_timeout_s: float = 5.0,
-                sleep: FakeSleep | None = None, max_in_flight: int = 256) -> CascadeController:
+                sleep: FakeSleep | None = None, max_in_flight: int = 256, **options: Any) -> CascadeController:
     handles = handles if handles is not None else {m: FakeHandle(m) for m in ("small", "large")}
     settings = ControllerSettings(policy="cascade_routing", lambda_=0.01, max_depth=2, stage_timeout_s=stage_timeout_s,
                                   max_in_flight=max_in_flight)
     return CascadeController(handles, settings, LogprobQuality(), TokenCostModel(), [API_KEY],
-                             sleep=sleep or FakeSleep())
+                             sleep=sleep or FakeSleep(), **options)
 
 
 def _wait_health(client: TestClient, done: Callable[[dict[str, Any]], bool], timeout_s: float = 5.0
@@ -689,3 +689,27 @@ def test_openai_fields_this_server_cannot_honour_are_refused_by_name(client: Tes
     r = _chat(client, {"model": "cascade", "messages": CHAT, field: {}})
     assert r.status_code == 400 and r.json()["error"]["param"] == field
     assert "not supported" in r.json()["error"]["message"]
+
+
+def test_a_model_whose_replica_vanished_leaves_the_cascade_within_a_watch_period(
+    handles: dict[str, FakeHandle]
+) -> None:
+    """Reliability issue, finding 3: a replica killed outright left Serve's router holding stages for it
+    until their timeout. The watch (``serve.watch``) takes the model out within a period; its probes
+    bring it back once it answers."""
+    alive = {"small", "large"}
+    # The stage timeout is also the probes': they retry soon.
+    controller = _controller(handles, stage_timeout_s=1.0, replica_watch=lambda: set(alive), watch_period_s=0.02)
+    with TestClient(http_app(controller)) as client:
+        _wait_settled(client)
+        alive.discard("small")
+        handles["small"].stall_s = 60.0  # what Serve's router does for a model without a replica
+        health = _wait_health(client, lambda h: h["models"]["small"] == "starting")
+        assert health["models"] == {"small": "starting", "large": "ready"}
+        t0 = time.monotonic()
+        r = _chat(client, {"model": "cascade", "messages": CHAT, "cascade": {"lambda": 1e9}})
+        assert r.status_code == 200 and r.json()["model"] == "large" and time.monotonic() - t0 < 1.0
+        assert all(s["model"] == "large" for s in r.json()["cascade"]["stages"])  # small was not even tried
+        alive.add("small")
+        handles["small"].stall_s = 0.0
+        assert _wait_health(client, lambda h: h["models"]["small"] == "ready")["models"]["small"] == "ready"

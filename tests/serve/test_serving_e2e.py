@@ -448,8 +448,10 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
         fleet_app(fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"artifacts": out,
                                                                                          "lambda_": None})}))
 
-    # A reachable budget (the costliest model's own cost): the replay is cached, only the fit runs.
-    summary = run_calibrate(dataclasses.replace(opts, budget="100%"))
+    # A reachable budget, as the refusal named it (the cached replay refits to the same curves): only the
+    # fit runs. "100%" of the costliest model was not always reachable: on two loaded cores the two tiny
+    # models' costs come close, and the cheapest setting on the validation half exceeded it by 8 %.
+    summary = run_calibrate(dataclasses.replace(opts, budget=f"{1.25 * err.value.cheapest_cost:.6g}"))
     assert len((out / "replay.jsonl").read_text().splitlines()) == 60
     assert summary["models"] == ["tiny-small", "tiny-large"]  # cost order, measured
     small, large = (summary["per_model"][m] for m in summary["models"])
@@ -600,20 +602,42 @@ def _check_calibrated_controller(fleet_url: str, client: Any, out: Path, summary
     assert 'cascade_cost_model_live_correction{model="tiny-large"}' in metrics
 
 
-def test_zz_dead_replica_is_skipped_and_the_cascade_re_decides(client: Any) -> None:
-    """Runs last (zz): kills the replica the cascade runs first, mid-service, as a crash would."""
-    import ray
+def test_zz_killed_replica_leaves_the_cascade_at_once_and_returns(fleet_url: str, client: Any) -> None:
+    """Runs last (zz). Reliability issue, finding 3: the replica the cascade runs first is killed outright
+    (SIGKILL of its process, as the OOM killer would), mid-service. Within 5 s /health says that model
+    is not ready; meanwhile cascade requests are answered by the other model without waiting out a stage
+    timeout; once Serve has restarted the replica (minutes for a vLLM engine on 2 cores), the cascade
+    uses it again."""
+    import os
+    import signal
+    import time
+
+    import httpx
+    import psutil  # type: ignore[import-untyped]
 
     # The first model is whichever the cost model ranks cheapest for this query (a calibrated one may
     # rank differently from the defaults), so it is asked, not assumed.
     extra = {"cascade": {"lambda": 1e9}}
     first = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, extra_body=extra).model
     other = ({"tiny-small", "tiny-large"} - {first}).pop()
-    actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"model:{first}" in a["name"]]
-    assert actors, f"no {first} replica actor found"
-    for a in actors:
-        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if f"ServeReplica:cascade:model:{first}" in " ".join(p.info["cmdline"] or [])]
+    assert pids, f"no {first} replica process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while httpx.get(f"{fleet_url}/health", timeout=10).json()["models"][first] == "ready":
+        assert time.monotonic() - killed < 5.0, "/health still says the killed replica is ready after 5 s"
+        time.sleep(0.2)
+    for _ in range(3):
+        t0 = time.monotonic()
+        reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, extra_body=extra)
+        stages = reply.model_extra["cascade"]["stages"]
+        assert reply.model == other and stages[-1]["decision"] == "accept", json.dumps(stages)
+        assert time.monotonic() - t0 < 10.0  # the stage timeout is 30 s: nothing waited for it
+    deadline = time.monotonic() + 600
+    while httpx.get(f"{fleet_url}/health", timeout=10).json()["models"][first] != "ready":
+        assert time.monotonic() < deadline, f"{first} did not come back within 10 minutes"
+        time.sleep(2)
     reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, extra_body=extra)
-    stages = reply.model_extra["cascade"]["stages"]
-    assert stages[0]["model"] == first and stages[0]["decision"] == "error", json.dumps(stages)
-    assert reply.model == other and stages[-1]["decision"] == "accept"
+    assert reply.model == first  # back in the cascade, cheapest first again
