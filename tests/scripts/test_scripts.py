@@ -107,3 +107,46 @@ def test_engine_time_is_prefill_plus_decode_and_refuses_responses_without_metric
     assert bench_cost_floor.engine_s(response) == pytest.approx(0.042)
     with pytest.raises(ValueError, match="no engine metrics"):
         bench_cost_floor.engine_s({"choices": []})
+
+
+def test_bench_load_level_counts_accepted_shed_and_other_answers() -> None:
+    """One load level against a stdlib endpoint that serves one request in three, sheds one (503
+    ``overloaded``) and fails one: the counts, rates and latencies the benchmark reports."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from itertools import count
+
+    from scripts import bench_load
+
+    turn = count()
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            kind = next(turn) % 3
+            status, body = [(200, {"choices": []}), (503, {"error": {"code": "overloaded"}}),
+                             (500, {"error": {"code": 500}})][kind]
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            if status == 503:
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        level = asyncio.run(bench_load._level(f"http://127.0.0.1:{server.server_address[1]}", 2, 0.5, 4))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert level["requests"] == level["accepted"] + level["shed"] + sum(level["other"].values()) > 3
+    assert level["accepted"] > 0 and level["shed"] > 0 and set(level["other"]) == {"500"}
+    assert level["retry_after"] == ["1"] and 0 < level["shed_rate"] < 1
+    assert level["accepted_p50_ms"] <= level["accepted_p99_ms"]
