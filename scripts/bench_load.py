@@ -88,6 +88,10 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value  # not drawn: no such request at that level
+
+
 def _plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -97,9 +101,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     levels = result["levels"]
     x = [lv["concurrency"] for lv in levels]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(x, [lv["accepted_p99_ms"] or 0 for lv in levels], "o-", label="accepted p99")
-    left.plot(x, [lv["accepted_p50_ms"] or 0 for lv in levels], "o--", label="accepted p50")
-    left.plot(x, [lv["shed_p99_ms"] or 0 for lv in levels], "s:", label="shed p99")
+    left.plot(x, [_nan(lv["accepted_p99_ms"]) for lv in levels], "o-", label="accepted p99")
+    left.plot(x, [_nan(lv["accepted_p50_ms"]) for lv in levels], "o--", label="accepted p50")
+    left.plot(x, [_nan(lv["shed_p99_ms"]) for lv in levels], "s:", label="shed p99")
     left.set(xscale="log", xlabel="concurrent clients", ylabel="ms", title="latency")
     left.legend()
     right.plot(x, [lv["accepted_rps"] for lv in levels], "o-", label="accepted req/s")
