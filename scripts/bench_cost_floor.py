@@ -20,7 +20,6 @@ oracle that knows every request's exact work. Compare it with the cost model's h
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from cascade_serve.progress import LoggedProgress
+    from cascade_serve.report import write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the fleet's endpoint (default :8000)")
@@ -175,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(model, n, f"{b['p50_ms']:.1f}", f"{b['floor_mape_pct']:.1f}")
     console.print(table)
     console.print(f"{total} requests in {result['wall_s']:.0f} s")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.plot is not None:
-        _plot(result, args.plot)
+    write_results(result, json_path=args.json, plot_path=args.plot, plot=_plot)
     return 0
 
 

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from cascade_serve.progress import LoggedProgress
+    from cascade_serve.report import write_results
     from cluster.config import FleetConfig
     from serve.deploy import connect, deploy, wait_ready
     from toymodels.tiny import TINY_FLEET, build_tiny_model
@@ -189,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = result["accepted_p99_ratio"]
     Console().print(f"accepted p99 at {top['concurrency']} clients: "
                     f"{'n/a' if ratio is None else f'{ratio:.2f}x'} the unloaded p99")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.plot is not None:
-        _plot(result, args.plot)
+    write_results(result, json_path=args.json, plot_path=args.plot, plot=_plot)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
@@ -249,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from cascade_serve.progress import LoggedProgress
+    from cascade_serve.report import write_results
     from cluster.config import FleetConfig
     from serve.deploy import connect, deploy, wait_ready
     from toymodels.tiny import TINY_FLEET, build_tiny_model
@@ -309,11 +309,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({result['controller_non_engine_overhead_ms_p50']:.2f} ms outside the engine); "
               f"throughput ratio at concurrency {max(int(c) for c in levels)}: {result['throughput_ratio']:.3f}; "
               f"mixed: {m['mean_stages']:.2f} stages/request, escalation rate {m['escalation_rate']:.2f}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.plot is not None:
-        _plot(result, args.plot)
+    write_results(result, json_path=args.json, plot_path=args.plot, plot=_plot)
     return 0
 
 
