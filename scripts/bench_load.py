@@ -112,8 +112,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
               title=f"max_in_flight {result['settings']['max_in_flight']}")
     right.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120)  # its folder: made by write_results
 
 
 def main(argv: list[str] | None = None) -> int:
