@@ -33,10 +33,9 @@ from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageRe
 from routing import API_POLICY_NAMES, Estimates, Policy, constant_lambda_policy, core_policy_name
 from serve.errors import RETRY_AFTER_S, ApiError, replica_failed, to_api_error
 
-__all__ = ["CascadeKnobs", "CascadeOutcome", "PolicyName", "parse_knobs", "run_cascade"]
+__all__ = ["CascadeKnobs", "CascadeOutcome", "parse_knobs", "run_cascade"]
 
 # The API's policy names; routing.core_policy_name maps each to the policy it runs.
-PolicyName = str
 POLICIES: tuple[str, ...] = tuple(API_POLICY_NAMES)
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 FloatArray = NDArray[np.float64]
@@ -46,7 +45,7 @@ KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"}
 
 @dataclass(frozen=True, slots=True)
 class CascadeKnobs:
-    policy: PolicyName
+    policy: str  # an API policy name (POLICIES)
     lambda_: float  # quality per GPU-second
     max_depth: int
     models: tuple[str, ...] | None = None  # restrict the candidates (None: the whole fleet)
@@ -103,7 +102,7 @@ def _policy(knobs: CascadeKnobs) -> Policy:
 
 
 @functools.lru_cache(maxsize=256)
-def _policy_of(name: PolicyName, lam: float, max_depth: int) -> Policy:
+def _policy_of(name: str, lam: float, max_depth: int) -> Policy:
     """The policy of a knob setting; cached: decisions with gamma = 0 draw nothing, so it is stateless."""
     return constant_lambda_policy(core_policy_name(name), lam, max_depth)
 

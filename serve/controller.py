@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapp
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cluster.config import CascadeSettings
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
 from serve.cascade_run import POLICIES, CascadeKnobs, CascadeOutcome, parse_knobs, run_cascade
 from serve.errors import ApiError, to_api_error
@@ -60,7 +61,8 @@ class ControllerSettings:
     lambda_: float  # quality per GPU-second (threshold_cascade: 1 - the quality threshold)
     max_depth: int  # at most this many models per query
     stage_timeout_s: float  # per replica call
-    max_in_flight: int = 256  # completions served at once; more are shed with 503 + Retry-After
+    # Completions served at once; more are shed with 503 + Retry-After. Default: the fleet file's.
+    max_in_flight: int = CascadeSettings.model_fields["max_in_flight"].default
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:

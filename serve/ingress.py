@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cluster.config import CascadeSettings
 from serve.controller import CascadeController, Reply
 from serve.errors import error_body
 from serve.watch import live_models
@@ -33,7 +34,7 @@ from serve.watch import live_models
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
 
 TITLE = "cascade-serve"
-DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # the fleet file's cascade.max_body_bytes default
+DEFAULT_MAX_BODY_BYTES: int = CascadeSettings.model_fields["max_body_bytes"].default  # the fleet file's
 
 Handler = Callable[[CascadeController, Request], Awaitable[Response]]
 
