@@ -159,11 +159,6 @@ class CascadeController:
         self._probes = ReplicaProbes(self._model_ids, self._call, self._measure_probe,
                                      timeout_s=settings.stage_timeout_s, retry_s=probe_retry_s, sleep=sleep)
 
-    @property
-    def models(self) -> list[str]:
-        """The served models' ids, in the fleet file's order."""
-        return list(self._model_ids)
-
     def start(self) -> None:
         """Start probing every replica, and watching for replicas that vanish (needs the running event loop
         the requests are served on)."""
