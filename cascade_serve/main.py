@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="deploy a fleet file on Ray Serve and wait until every model is ready")
     up.add_argument("file", type=Path, help="fleet file (models.yaml, models.cpu.yaml)")
     _add_cluster_args(up)
-    up.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
+    up.add_argument("--timeout", type=float, default=900.0,
+                    help="seconds the whole command may take: connecting, checking, deploying and the wait for "
+                    "readiness (default 900)")
     up.add_argument("--no-auth", action="store_true",
                     help="deploy without API keys even where the running fleet has them (default: refuse)")
 
@@ -144,9 +147,11 @@ def _up(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from cluster.config import FleetConfig
-    from serve.deploy import connect, deploy, health_summary, wait_ready
+    from serve.deploy import check_reachable, connect, deploy, health_summary, wait_ready
 
+    deadline = time.monotonic() + args.timeout  # --timeout bounds the whole command, not only the wait
     FleetConfig.from_file(args.file)  # a bad file fails here, before any cluster work
+    check_reachable(args.address)
     url = f"http://{args.host}:{args.port}"
     if not _api_keys() and not args.no_auth and _requires_api_key(url):
         # Redeploying without keys would silently open a fleet its operator had closed.
@@ -156,12 +161,13 @@ def _up(args: argparse.Namespace) -> int:
     with console.status("connecting to Ray") as status:
         how = connect(args.address, start_local=True)
         status.update(f"deploying {args.file} ({how} Ray cluster)")
-        deploy(FleetConfig.from_file(args.file), host=args.host, port=args.port)
+        deploy(FleetConfig.from_file(args.file), host=args.host, port=args.port,
+               timeout_s=max(deadline - time.monotonic(), 0.0), on_poll=status.update)
 
         def show(body: dict[str, Any]) -> None:
             status.update("waiting for models: " + health_summary(body))
 
-        wait_ready(url, args.timeout, show)
+        wait_ready(url, max(deadline - time.monotonic(), 0.0), show)
     console.print(f"ready: {url}/v1 (models: cascade + {', '.join(FleetConfig.from_file(args.file).model_ids)})")
     return 0
 
@@ -346,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2
+    except TimeoutError as exc:  # the cluster is up but the fleet did not get ready in time
+        print(f"cascade: error: {exc}", file=sys.stderr)
+        return 1
     parser.error("unknown command")  # argparse exits with code 2
     return 2
 

@@ -131,6 +131,9 @@ class CascadeSettings(StrictModel):
     lambda_: float | None = Field(default=None, ge=0, alias="lambda")  # or a fixed multiplier
     artifacts: Path | None = None  # folder written by `cascade calibrate`
     stage_timeout_s: float = Field(default=60.0, gt=0)  # per replica call
+    # One request from arrival to its last byte (every stage, a stream included); a cascade that reaches
+    # it returns its best answer so far.
+    request_timeout_s: float = Field(default=180.0, gt=0)
     # Backpressure: requests the controller serves at once; more are shed at once with 503 + Retry-After.
     max_in_flight: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024)  # a larger request body is refused with 413

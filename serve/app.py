@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 from cluster.config import ConfigError, FleetConfig, ModelSpec
 
 if TYPE_CHECKING:  # imported where used: the CLI imports this module, and routing loads SciPy
+    from cluster.feasibility import ReplicaDemand
     from estimators.artifacts import Artifacts
     from estimators.stage import CostEstimator, QualityEstimator
     from serve.controller import ControllerSettings
 
 __all__ = [
     "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "build_app", "controller_deployment_version", "controller_parts",
-    "fleet_app", "llm_config", "model_deployment_version",
+    "fleet_app", "llm_config", "model_deployment_version", "replica_demands",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         serve_ingress(max_body_bytes=fleet.cascade.max_body_bytes),
         name=CONTROLLER_DEPLOYMENT,
         **controller_deployment_options(fleet),
-        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": env}},
+        ray_actor_options={"num_cpus": CONTROLLER_ACTOR_CPUS, "runtime_env": {"env_vars": env}},
     )
     # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
     # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
@@ -190,6 +191,34 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
     app = controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys,
                           replica_deployments=deployments)
     return _pin_version(app, controller_deployment_version(fleet, keys))
+
+
+CONTROLLER_ACTOR_CPUS = 1
+
+
+def replica_demands(fleet: FleetConfig) -> dict[str, ReplicaDemand]:
+    """What each deployment of ``fleet`` asks of the cluster, as Ray Serve LLM will ask it: each model's
+    placement-group bundles and strategy (from its engine settings), and the controller's one actor.
+    Needs a connected Ray (Ray LLM reads the job's runtime environment)."""
+    from cluster.feasibility import ReplicaDemand
+    from serve.replica import CascadeLLMServer
+
+    demands = {}
+    for spec in fleet.models:
+        options = CascadeLLMServer.get_deployment_options(llm_config(spec))
+        autoscaling = options.get("autoscaling_config") or {}
+        replicas = autoscaling.get("min_replicas", options.get("num_replicas", 1))
+        bundles = tuple(dict(b) for b in options.get("placement_group_bundles") or [])
+        if not bundles:  # no placement group: the replica actor's own resources
+            actor = options.get("ray_actor_options") or {}
+            bundles = ({"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0),
+                        **actor.get("resources", {})},)
+        strategy = str(options.get("placement_group_strategy") or "PACK")
+        demands[spec.model_id] = ReplicaDemand(bundles=bundles, strategy=strategy,
+                                               replicas=replicas if isinstance(replicas, int) else 1)
+    demands[CONTROLLER_DEPLOYMENT] = ReplicaDemand(bundles=({"CPU": CONTROLLER_ACTOR_CPUS},), strategy="PACK",
+                                                   replicas=1)
+    return demands
 
 
 def controller_deployment_options(fleet: FleetConfig) -> dict[str, int]:
@@ -226,7 +255,8 @@ def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEst
         quality = CalibratedQuality(artifacts.quality, answer_kind=artifacts.summary["answer_kind"])
         cost = artifacts.cost
     settings = ControllerSettings(policy=cascade.policy, lambda_=lam, max_depth=cascade.max_depth or len(fleet.models),
-                                  stage_timeout_s=cascade.stage_timeout_s, max_in_flight=cascade.max_in_flight)
+                                  stage_timeout_s=cascade.stage_timeout_s, max_in_flight=cascade.max_in_flight,
+                                  request_timeout_s=cascade.request_timeout_s)
     return settings, quality, cost
 
 

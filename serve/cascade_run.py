@@ -40,7 +40,7 @@ POLICIES: tuple[str, ...] = tuple(API_POLICY_NAMES)
 Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 FloatArray = NDArray[np.float64]
 
-KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s"})
+KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s", "request_timeout_s"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class CascadeKnobs:
     max_depth: int
     models: tuple[str, ...] | None = None  # restrict the candidates (None: the whole fleet)
     stage_timeout_s: float | None = None  # tighter than the fleet's own, per request (None: the fleet's)
+    request_timeout_s: float | None = None  # likewise for the whole request
 
 
 def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> CascadeKnobs:
@@ -63,11 +64,7 @@ def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> Cascad
     if unknown:
         raise ApiError(400, f"cascade.{unknown[0]}: unknown knob (known: {', '.join(sorted(KNOBS))})",
                        param=f"cascade.{unknown[0]}")
-    timeout = raw.get("stage_timeout_s")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                or not 0 < timeout < math.inf):
-        raise ApiError(400, f"cascade.stage_timeout_s must be a positive number, got {timeout!r}",
-                       param="cascade.stage_timeout_s")
+    timeouts = {name: _positive_seconds(raw, name) for name in ("stage_timeout_s", "request_timeout_s")}
     models = raw.get("models")
     if models is not None:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
@@ -93,8 +90,16 @@ def parse_knobs(raw: Any, default: CascadeKnobs, fleet: Sequence[str]) -> Cascad
                        param="cascade.lambda")
     if models is not None:
         depth = min(depth, len(models))
-    return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models,
-                        stage_timeout_s=None if timeout is None else float(timeout))
+    return CascadeKnobs(policy=policy, lambda_=float(lam), max_depth=depth, models=models, **timeouts)
+
+
+def _positive_seconds(raw: dict[str, Any], name: str) -> float | None:
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ApiError(400, f"cascade.{name} must be a positive number, got {value!r}", param=f"cascade.{name}")
+    return float(value)
 
 
 def _policy(knobs: CascadeKnobs) -> Policy:
@@ -127,6 +132,7 @@ class _Run:
     query: QueryInfo
     knobs: CascadeKnobs
     stage_timeout_s: float
+    deadline: float | None  # time.monotonic() past which no stage starts or keeps running (the request timeout)
     depth: int  # stages the policy may run
     logprobs: bool  # every stage asks its replica for token logprobs
     stages: dict[str, StageResult] = field(default_factory=dict)  # answered, in the order they answered
@@ -137,6 +143,7 @@ class _Run:
     failed: set[str] = field(default_factory=set)
     last_client_error: ApiError | None = None  # a model's context length was exceeded
     chosen: str | None = None
+    timed_out: bool = False  # the request's deadline stopped the cascade
 
 
 def _stage_body(endpoint: str, body: dict[str, Any], model: str, logprobs: bool) -> dict[str, Any]:
@@ -168,8 +175,13 @@ async def run_cascade(
     *,
     stage_timeout_s: float,
     on_stage_failure: Callable[[str, ApiError], None] | None = None,
+    deadline: float | None = None,
 ) -> CascadeOutcome:
     """Run one cascade request over the available ``models`` (module docstring).
+
+    ``deadline`` (a ``time.monotonic()`` value) is the request's own timeout: a stage still running then
+    is cancelled, and no stage starts after it; the best answer so far is returned, or a 503 timeout
+    when none came.
 
     The steps: order the candidates by ex-ante cost (:func:`_order_by_cost`); then, until the policy
     stops, decide what runs next (:func:`_decide_next`) and run it as one stage (:func:`_run_stage`),
@@ -180,7 +192,7 @@ async def run_cascade(
     """
     if not models:
         raise ApiError(503, "no model replica is ready yet", retry_after_s=RETRY_AFTER_S)
-    run = _start(endpoint, body, len(models), knobs, stage_timeout_s)
+    run = _start(endpoint, body, len(models), knobs, stage_timeout_s, deadline)
     policy = _policy(knobs)
     t0 = time.perf_counter()
     candidates, ante_ms = _order_by_cost(run.query, list(models), cost)
@@ -189,6 +201,9 @@ async def run_cascade(
             t0 = time.perf_counter()
         run_next, q_mean = _decide_next(run, ordered, quality, cost, policy)
         run.decide_s.append(time.perf_counter() - t0)
+        if run_next is not None and _past_deadline(run):
+            run.timed_out = True
+            run_next = None  # out of time: the answers so far are all there is
         if run_next is None:
             run.chosen = _choose_answer(run, ordered, q_mean)
             break
@@ -196,7 +211,8 @@ async def run_cascade(
     return _build_outcome(run, quality, ante_ms)
 
 
-def _start(endpoint: str, body: dict[str, Any], n_models: int, knobs: CascadeKnobs, stage_timeout_s: float) -> _Run:
+def _start(endpoint: str, body: dict[str, Any], n_models: int, knobs: CascadeKnobs, stage_timeout_s: float,
+           deadline: float | None) -> _Run:
     if knobs.stage_timeout_s is not None:
         stage_timeout_s = min(stage_timeout_s, knobs.stage_timeout_s)  # a request may only tighten it
     # Post-hoc estimates (token logprobs cost engine time) only where a decision can use them: with
@@ -204,7 +220,18 @@ def _start(endpoint: str, body: dict[str, Any], n_models: int, knobs: CascadeKno
     depth = 1 if knobs.policy == "routing" else knobs.max_depth
     logprobs = (depth >= 2 and n_models >= 2) or bool(body.get("logprobs"))
     return _Run(endpoint=endpoint, body=body, query=QueryInfo.from_request(endpoint, body), knobs=knobs,
-                stage_timeout_s=stage_timeout_s, depth=depth, logprobs=logprobs)
+                stage_timeout_s=stage_timeout_s, deadline=deadline, depth=depth, logprobs=logprobs)
+
+
+def _past_deadline(run: _Run) -> bool:
+    return run.deadline is not None and time.monotonic() >= run.deadline
+
+
+def _stage_budget_s(run: _Run) -> float:
+    """How long the next stage may take: the stage timeout, or less when the request's deadline is nearer."""
+    if run.deadline is None:
+        return run.stage_timeout_s
+    return max(min(run.stage_timeout_s, run.deadline - time.monotonic()), 0.0)
 
 
 def _order_by_cost(query: QueryInfo, candidates: list[str], cost: CostEstimator) -> tuple[list[str], dict[str, float]]:
@@ -260,13 +287,16 @@ async def _run_stage(
     Raises the replica's ``ApiError`` for a bad request (bad on every model). Any other failure
     (serve.errors) drops the model and the policy re-decides without it.
     """
+    budget_s = _stage_budget_s(run)
     try:
         stage_call = call(model, run.endpoint, _stage_body(run.endpoint, run.body, model, run.logprobs))
-        response = await asyncio.wait_for(stage_call, run.stage_timeout_s)
+        response = await asyncio.wait_for(stage_call, budget_s)
         if "error" in response:
             raise ApiError.from_body(response)
     except Exception as exc:
-        err = to_api_error(exc, model=model, timeout_s=run.stage_timeout_s, phase="stage")
+        err = to_api_error(exc, model=model, timeout_s=budget_s, phase="stage")
+        if isinstance(exc, TimeoutError) and budget_s < run.stage_timeout_s:
+            run.timed_out = True  # the request's deadline, not the stage timeout, cut this stage
         client_error = isinstance(exc, ApiError) and err.status < 500
         if client_error and err.code != "context_length_exceeded":
             raise err from None
@@ -309,6 +339,9 @@ def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, floa
     if chosen is None:
         if run.last_client_error is not None:
             raise run.last_client_error
+        if run.timed_out:
+            raise ApiError(503, "no model answered within the request timeout: " + "; ".join(
+                f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=RETRY_AFTER_S)
         raise ApiError(503, "no model replica could answer: " + "; ".join(
             f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=RETRY_AFTER_S)
     post, _ = quality.predict(run.query, list(stages), stages)
@@ -339,6 +372,7 @@ def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, floa
         "stages": trace,
         "selected_stage": selected,
         "total_gpu_ms": total_gpu_ms,
+        "deadline_reached": run.timed_out,  # the request timeout stopped it: a further stage might have run
     }
     response.pop("metrics", None)
     return CascadeOutcome(response=response, served_model=chosen, stages=trace,

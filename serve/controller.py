@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,18 +35,20 @@ from cluster.config import CascadeSettings
 from estimators.stage import CostEstimator, QualityEstimator, QueryInfo, StageResult
 from serve.cascade_run import POLICIES, CascadeKnobs, CascadeOutcome, parse_knobs, run_cascade
 from serve.errors import ApiError, to_api_error
+from serve.logs import controller_logger
 from serve.metrics import PROMETHEUS_TEXT, ControllerMetrics
 from serve.probes import PROBE_BODY, ReplicaProbes
 from serve.sse import replay_answer, sse
 
 __all__ = ["VIRTUAL_MODEL", "CascadeController", "ControllerSettings", "Endpoint", "Reply"]
 
-logger = logging.getLogger("ray.serve")
+logger = controller_logger()
 
 VIRTUAL_MODEL = "cascade"
 PROBE_RETRY_S = 2.0
 WATCH_PERIOD_S = 1.0  # how often the controller checks that every ready model still has a replica
 SHED_RETRY_AFTER_S = 1  # a shed request may come back soon: capacity frees as requests finish
+_DEADLINE_GRACE_S = 1.0  # past the request timeout, what the inner deadlines had to answer
 
 Endpoint = Literal["chat", "completions"]
 # A completion's answer: the JSON body, or the SSE lines of a stream; and the response headers.
@@ -63,6 +65,8 @@ class ControllerSettings:
     stage_timeout_s: float  # per replica call
     # Completions served at once; more are shed with 503 + Retry-After. Default: the fleet file's.
     max_in_flight: int = CascadeSettings.model_fields["max_in_flight"].default
+    # One request from arrival to its last byte, every stage and a stream included. Default: the fleet file's.
+    request_timeout_s: float = CascadeSettings.model_fields["request_timeout_s"].default
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -79,6 +83,9 @@ class ControllerSettings:
             raise ValueError(f"stage_timeout_s must be a positive number, got {timeout!r}")
         if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {self.max_in_flight!r}")
+        timeout = self.request_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise ValueError(f"request_timeout_s must be a positive number, got {timeout!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,23 +210,35 @@ class CascadeController:
             return self._error_reply(ApiError(503, f"the endpoint is at capacity ({self._settings.max_in_flight} "
                                                    "requests in flight); retry shortly", code="overloaded",
                                               retry_after_s=SHED_RETRY_AFTER_S), reply_headers, endpoint)
-        self._in_flight += 1
+        slot = _Slot(self)
+        timeout_s = self._settings.request_timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
             self._check_auth(headers)
-            payload, reply_headers = await self._dispatch(endpoint, _json_object(body), reply_headers)
+            # The inner deadlines answer first (a cascade returns its best answer so far); this bound
+            # catches whatever else could hold a request past its timeout.
+            payload, reply_headers = await asyncio.wait_for(
+                self._dispatch(endpoint, _json_object(body), reply_headers, deadline), timeout_s + _DEADLINE_GRACE_S)
         except Exception as exc:
+            slot.release()
+            if isinstance(exc, TimeoutError):
+                exc = self._request_timeout_error()
             return self._error_reply(exc, reply_headers, endpoint)
-        finally:
-            self._in_flight -= 1
+        except BaseException:
+            slot.release()
+            raise
         if isinstance(payload, dict):
+            slot.release()
             return Reply(payload, headers=reply_headers)
-        return Reply(payload, headers=reply_headers, media_type="text/event-stream")
+        # A stream holds its place in max_in_flight until its last line: its replica is busy until then.
+        return Reply(slot.held_by(payload), headers=reply_headers, media_type="text/event-stream")
 
     async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """The non-streaming API for Serve handles (in-cluster clients, the serving benchmark): the
         same dispatch as HTTP, minus the proxy hop; the response or error body as a dict."""
+        deadline = time.monotonic() + self._settings.request_timeout_s
         try:
-            payload, _ = await self._dispatch(endpoint, {**body, "stream": False}, {})
+            payload, _ = await self._dispatch(endpoint, {**body, "stream": False}, {}, deadline)
         except Exception as exc:
             return self._api_error(exc).body()
         assert isinstance(payload, dict)  # stream is off
@@ -304,7 +323,7 @@ class CascadeController:
         self._metrics.requests.labels(route, "none", f"http_{err.status}").inc()
         return Reply(err.body(), status=err.status, headers={**headers, **err.headers()})
 
-    async def _dispatch(self, endpoint: str, body: dict[str, Any], headers: dict[str, str]) -> _Answer:
+    async def _dispatch(self, endpoint: str, body: dict[str, Any], headers: dict[str, str], deadline: float) -> _Answer:
         """The answer to one completion request: a JSON body or SSE lines, and its headers."""
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -325,7 +344,7 @@ class CascadeController:
         if endpoint == "chat" and body.get("top_logprobs") is not None and not body.get("logprobs"):
             raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         if model == VIRTUAL_MODEL:
-            return await self._cascade(endpoint, body, stream, headers)
+            return await self._cascade(endpoint, body, stream, headers, deadline)
         if model not in self._handles:
             raise ApiError(404, f"the model {model!r} does not exist; served: "
                            + ", ".join([VIRTUAL_MODEL, *self._model_ids]), param="model", code="model_not_found")
@@ -333,15 +352,32 @@ class CascadeController:
             raise ApiError(400, "cascade knobs apply to model 'cascade' only", param="cascade")
         headers = {**headers, "x-cascade-served-model": model, "x-cascade-stages": "1"}
         if stream:
-            return await self._direct_stream(endpoint, model, body), headers
-        return await self._direct(endpoint, model, body, headers)
+            return await self._direct_stream(endpoint, model, body, deadline), headers
+        return await self._direct(endpoint, model, body, headers, deadline)
 
-    async def _direct(self, endpoint: str, model: str, body: dict[str, Any], headers: dict[str, str]) -> _Answer:
-        timeout_s = self._settings.stage_timeout_s
+    def _wait_s(self, deadline: float) -> float:
+        """How long one replica call may take: the stage timeout, or less when the request's deadline is nearer."""
+        return max(min(self._settings.stage_timeout_s, deadline - time.monotonic()), 0.0)
+
+    def _timeout_error(self, exc: Exception, waited_s: float) -> ApiError | None:
+        """The request timeout's own error, when it (not the stage timeout) cut a wait of ``waited_s``."""
+        if not isinstance(exc, TimeoutError) or waited_s >= self._settings.stage_timeout_s:
+            return None
+        return self._request_timeout_error()
+
+    def _request_timeout_error(self) -> ApiError:
+        timeout_s = self._settings.request_timeout_s
+        return ApiError(503, f"the request did not finish within its timeout ({timeout_s:g} s)",
+                        retry_after_s=SHED_RETRY_AFTER_S)
+
+    async def _direct(self, endpoint: str, model: str, body: dict[str, Any], headers: dict[str, str],
+                      deadline: float) -> _Answer:
+        timeout_s = self._wait_s(deadline)
         try:
             response = await asyncio.wait_for(self._call(model, endpoint, body), timeout_s)
         except Exception as exc:
-            raise to_api_error(exc, model=model, timeout_s=timeout_s, phase="answer") from None
+            raise self._timeout_error(exc, timeout_s) or to_api_error(
+                exc, model=model, timeout_s=timeout_s, phase="answer") from None
         if "error" in response:
             raise ApiError.from_body(response)
         stage = StageResult.from_response(model, endpoint, response)
@@ -352,17 +388,20 @@ class CascadeController:
         self._metrics.requests.labels(endpoint, model, "ok").inc()
         return response, {**headers, "x-cascade-cost-gpu-ms": f"{billed_gpu_s * 1e3:.3f}"}
 
-    async def _direct_stream(self, endpoint: str, model: str, body: dict[str, Any]) -> AsyncIterator[str]:
+    async def _direct_stream(self, endpoint: str, model: str, body: dict[str, Any],
+                             deadline: float) -> AsyncIterator[str]:
         """The replica's SSE lines, passed through. A failure before the first line is an ordinary error
-        response; after it (headers are sent) it is one error event, then the end of the stream."""
-        timeout_s = self._settings.stage_timeout_s
+        response; after it (headers are sent) it is one error event, then the end of the stream. The
+        stage timeout bounds the wait for each line, the request's deadline the whole stream."""
+        timeout_s = self._wait_s(deadline)
         gen = self._stream_handles[model].stream.remote(endpoint, body)
         try:
             first = await asyncio.wait_for(gen.__anext__(), timeout_s)
         except Exception as exc:
             if not isinstance(exc, StopAsyncIteration):
                 gen.cancel()
-            raise to_api_error(exc, model=model, timeout_s=timeout_s, phase="start") from None
+            raise self._timeout_error(exc, timeout_s) or to_api_error(
+                exc, model=model, timeout_s=timeout_s, phase="start") from None
         if isinstance(first, dict):
             raise ApiError.from_body(first)
 
@@ -371,15 +410,18 @@ class CascadeController:
             try:
                 yield first
                 while True:
+                    wait_s = self._wait_s(deadline)
                     try:
-                        line = await asyncio.wait_for(gen.__anext__(), timeout_s)
+                        line = await asyncio.wait_for(gen.__anext__(), wait_s)
                     except StopAsyncIteration:
                         ended = True
                         return
                     except Exception as exc:
                         ended = True
                         gen.cancel()
-                        yield sse(to_api_error(exc, model=model, timeout_s=timeout_s, phase="stream").body())
+                        err = self._timeout_error(exc, wait_s) or to_api_error(
+                            exc, model=model, timeout_s=wait_s, phase="stream")
+                        yield sse(err.body())
                         return
                     yield line if isinstance(line, str) else sse(line)
             finally:
@@ -389,17 +431,20 @@ class CascadeController:
         self._metrics.requests.labels(endpoint, model, "ok").inc()
         return lines()
 
-    async def _cascade(self, endpoint: str, body: dict[str, Any], stream: bool, headers: dict[str, str]) -> _Answer:
+    async def _cascade(self, endpoint: str, body: dict[str, Any], stream: bool, headers: dict[str, str],
+                       deadline: float) -> _Answer:
         knobs = parse_knobs(body.get("cascade"), self._default, self._model_ids)
         stream_options = body.get("stream_options")
         if stream_options is not None and not isinstance(stream_options, dict):
             raise ApiError(400, "stream_options must be an object", param="stream_options")
         if stream:
             _check_replayable(body)
+        if knobs.request_timeout_s is not None:  # a request may only tighten its timeout
+            deadline = min(deadline, time.monotonic() + knobs.request_timeout_s)
         ready = [m for m in (knobs.models or self._model_ids) if self._probes.ready[m]]
         outcome = await run_cascade(
             endpoint, body, ready, self._call, self._quality, self._cost, knobs,
-            stage_timeout_s=self._settings.stage_timeout_s, on_stage_failure=self._on_stage_failure,
+            stage_timeout_s=self._settings.stage_timeout_s, on_stage_failure=self._on_stage_failure, deadline=deadline,
         )
         self._count_cascade(endpoint, outcome)
         headers = {
@@ -431,6 +476,33 @@ class CascadeController:
     def _model_card(self, model: str) -> dict[str, Any]:
         ready = any(self._probes.ready.values()) if model == VIRTUAL_MODEL else self._probes.ready[model]
         return {"id": model, "object": "model", "created": self._created, "owned_by": "cascade-serve", "ready": ready}
+
+
+class _Slot:
+    """One request's place in ``max_in_flight``, given back exactly once: when the answer is complete, or
+    for a stream when its last line is sent, the client leaves, or the unstarted stream is dropped (a
+    response never sent must not hold a place forever)."""
+
+    def __init__(self, controller: CascadeController) -> None:
+        self._controller: CascadeController | None = controller
+        controller._in_flight += 1
+
+    def release(self) -> None:
+        if self._controller is not None:
+            self._controller._in_flight -= 1
+            self._controller = None
+
+    def held_by(self, lines: AsyncIterator[str]) -> AsyncIterator[str]:
+        async def held() -> AsyncIterator[str]:
+            try:
+                async for line in lines:
+                    yield line
+            finally:
+                self.release()
+
+        gen = held()
+        weakref.finalize(gen, self.release)  # an async generator never started runs no finally
+        return gen
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

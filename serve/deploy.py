@@ -24,7 +24,8 @@ from typing import Any
 from cluster.config import FleetConfig
 
 __all__ = [
-    "APP_NAME", "ENGINE_ENV", "connect", "deploy", "fetch_health", "health_summary", "shutdown_app", "wait_ready",
+    "APP_NAME", "ENGINE_ENV", "PlacementError", "check_placement", "check_reachable", "connect", "deploy",
+    "fetch_health", "health_summary", "init_single_machine", "shutdown_app", "wait_deployed", "wait_ready",
 ]
 
 APP_NAME = "cascade"
@@ -38,6 +39,31 @@ ENGINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+
+
+# Ray's switch for a one-machine cluster: its node address becomes the loopback one, so the metrics
+# exporter (unauthenticated) and the other per-node servers listen on 127.0.0.1, not on every interface.
+# Ray reads it when it picks a node's address; Ray names it for Windows and macOS, where it is off by
+# default, but it holds on Linux too. Only for clusters this command starts itself: a multi-node
+# cluster is started with `ray start` by its operator, who passes --address.
+SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def init_single_machine(**init_kwargs: Any) -> None:
+    """``ray.init`` of a new one-machine Ray inside this process, its servers on the loopback address.
+
+    Ray reads the switch into a module constant when it is first imported, which may be before this
+    call (a test session, a script): the constant is set for the start and restored after.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def connect(address: str | None, *, start_local: bool, num_cpus: int | None = None) -> str:
@@ -59,12 +85,13 @@ def connect(address: str | None, *, start_local: bool, num_cpus: int | None = No
         cmd = [ray_bin, "start", "--head", "--disable-usage-stats", "--include-dashboard=false"]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              env={**os.environ, **SINGLE_MACHINE_ENV})
         if done.returncode != 0:
             raise RuntimeError(f"`ray start --head` failed: {done.stderr.strip()[-500:]}")
         ray.init(address="auto", logging_level="warning", log_to_driver=False)
         return "started"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    init_single_machine(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     return "in-process"
 
 
@@ -77,8 +104,55 @@ def _local_cluster_running() -> bool:
         return False
 
 
-def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | None = None) -> None:
-    """Deploy the fleet's application (returns once Serve has created its deployments)."""
+class PlacementError(ValueError):
+    """The cluster can never hold the fleet: one line per model at fault (``cluster.feasibility``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the cluster cannot place this fleet:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+def check_placement(fleet: FleetConfig) -> None:
+    """Raise ``PlacementError`` when no node of the connected cluster can hold some model's replica (or
+    the nodes together cannot hold the fleet): before deploying, so a running fleet is left as it is."""
+    import ray
+
+    from cluster.feasibility import unplaceable
+    from serve.app import replica_demands
+
+    nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    problems = unplaceable(replica_demands(fleet), nodes)
+    if problems:
+        raise PlacementError(problems)
+
+
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` Ray address that does not answer is a clear error within seconds, not a long
+    hang in ``ray.init`` (other forms, ``auto`` and ``ray://``, are left to Ray)."""
+    import socket
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not target or target in ("auto", "local") or "://" in target or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--address: {target!r} is not host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ValueError(f"--address: no Ray cluster answers at {target} ({exc.strerror or exc})") from None
+
+
+DEPLOY_TIMEOUT_S = 900.0
+
+
+def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | None = None,
+           timeout_s: float = DEPLOY_TIMEOUT_S, on_poll: Callable[[str], None] | None = None) -> None:
+    """Deploy the fleet's application and wait until Serve runs it (every deployment of the new version
+    healthy), for at most ``timeout_s``. Raises ``PlacementError`` first, leaving any running fleet
+    untouched, when the cluster can never place it; ``TimeoutError`` naming what Serve still waits for
+    (a replica that cannot be scheduled, say) past the deadline. ``on_poll`` gets a line of progress."""
     import logging
 
     import ray.serve.llm  # noqa: F401  (creates Ray LLM's loggers, quieted below)
@@ -91,9 +165,40 @@ def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | No
     for name in ["ray.serve", *logging.root.manager.loggerDict]:
         if name.startswith("ray.serve"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    check_placement(fleet)
     app = fleet_app(fleet, api_keys=api_keys)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    # serve.run would wait for every replica with no deadline of its own; the caller waits instead.
+    serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    wait_deployed(timeout_s, on_poll)
+
+
+def wait_deployed(timeout_s: float, on_poll: Callable[[str], None] | None = None) -> None:
+    """Poll Serve until the application runs; ``ValueError`` when Serve gave up on it, ``TimeoutError``
+    with Serve's own words on each deployment still pending (its "cannot be scheduled" messages name the
+    resources a replica waits for) past ``timeout_s``."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(APP_NAME)
+        status = str(getattr(app, "status", "MISSING"))
+        if status.endswith("RUNNING"):
+            return
+        pending = {} if app is None else {
+            name: f"{d.status}: {d.message}".strip(": ") for name, d in app.deployments.items()
+            if not str(d.status).endswith("HEALTHY")}
+        if status.endswith("DEPLOY_FAILED"):
+            raise ValueError(f"Serve could not deploy the fleet: {app.message if app else ''} "
+                             + "; ".join(f"{n}: {m}" for n, m in pending.items()))
+        if on_poll is not None:
+            on_poll("deploying: " + (", ".join(f"{n} {m.split(':')[0].lower()}" for n, m in pending.items())
+                                     or status.lower()))
+        if time.monotonic() >= deadline:
+            detail = "; ".join(f"{n}: {m}" for n, m in pending.items()) or status
+            raise TimeoutError(f"the fleet was not deployed within {timeout_s:g} s: {detail}")
+        time.sleep(1.0)
 
 
 def fetch_health(base_url: str) -> tuple[int, dict[str, Any]]:

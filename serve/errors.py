@@ -259,7 +259,7 @@ def to_api_error(
         if model is None and phase != "stage":
             return ApiError(500, "internal server error")
         failure = _INTERNAL
-    within = f"{timeout_s:g} s" if timeout_s is not None else "the timeout"
+    within = f"{timeout_s:.3g} s" if timeout_s is not None else "the timeout"
     subject = f"model {model!r}" if model is not None else "the server"
     message = _WORDING[failure.kind][phase].format(
         subject=subject, within=within, name=type(exc).__name__, line=_one_line(exc))

@@ -17,15 +17,15 @@ running fleet already.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from estimators.stage import StageResult
+from serve.logs import controller_logger
 
 __all__ = ["PROBE_BODY", "ReplicaProbes"]
 
-logger = logging.getLogger("ray.serve")
+logger = controller_logger()
 
 PROBE_BODY = {"prompt": "Measure the prefill and decode time of this replica, token by token.",
               "max_tokens": 16, "ignore_eos": True, "temperature": 0.0, "logprobs": 1}

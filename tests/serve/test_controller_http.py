@@ -8,6 +8,7 @@ Real-stack counterparts run through Ray Serve and vLLM in ``test_serving_e2e.py`
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import time
@@ -79,6 +80,7 @@ class FakeHandle:
         self.stall_s = 0.0
         self.reject: dict[str, Any] | None = None
         self.fail_mid_stream: Exception | None = None
+        self.line_gap_s = 0.0  # a stream's pause before each line after the first
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.responses: list[FakeResponse] = []
         self.streams: list[FakeStream] = []
@@ -159,6 +161,8 @@ class FakeHandle:
         if self.fail_mid_stream is not None:
             raise self.fail_mid_stream
         for line in lines[1:]:
+            if self.line_gap_s:
+                await asyncio.sleep(self.line_gap_s)
             yield line
 
 
@@ -174,10 +178,11 @@ class FakeSleep:
 
 
 def _controller(handles: dict[str, FakeHandle] | None = None, *, stage_timeout_s: float = 5.0,
-                sleep: FakeSleep | None = None, max_in_flight: int = 256, **options: Any) -> CascadeController:
+                sleep: FakeSleep | None = None, max_in_flight: int = 256, request_timeout_s: float = 60.0,
+                **options: Any) -> CascadeController:
     handles = handles if handles is not None else {m: FakeHandle(m) for m in ("small", "large")}
     settings = ControllerSettings(policy="cascade_routing", lambda_=0.01, max_depth=2, stage_timeout_s=stage_timeout_s,
-                                  max_in_flight=max_in_flight)
+                                  max_in_flight=max_in_flight, request_timeout_s=request_timeout_s)
     return CascadeController(handles, settings, LogprobQuality(), TokenCostModel(), [API_KEY],
                              sleep=sleep or FakeSleep(), **options)
 
@@ -653,6 +658,70 @@ def test_requests_past_max_in_flight_are_shed_at_once_with_an_envelope() -> None
             assert reply.body["error"]["code"] == "overloaded" and reply.headers["Retry-After"] == "1"
     shed = 'cascade_requests_total{outcome="http_503",route="chat",served_model="none"} 3.0'
     assert shed in controller.metrics().body
+
+
+def test_a_stream_holds_its_place_in_max_in_flight_until_its_last_line() -> None:
+    handles = {m: FakeHandle(m) for m in ("small", "large")}
+    controller = _controller(handles, max_in_flight=1)
+    auth = {"authorization": AUTH["Authorization"]}
+    streamed = json.dumps({"model": "small", "messages": CHAT, "stream": True}).encode()
+    plain = json.dumps({"model": "small", "messages": CHAT}).encode()
+
+    async def main() -> None:
+        reply = await controller.complete("chat", streamed, auth)
+        assert reply.status == 200
+        assert (await controller.complete("chat", plain, auth)).status == 503  # the stream still runs
+        assert [line async for line in reply.body]  # type: ignore[union-attr]
+        assert (await controller.complete("chat", plain, auth)).status == 200
+        # A stream whose response was never sent (the client left first) gives its place back too.
+        dropped = await controller.complete("chat", streamed, auth)
+        assert dropped.status == 200
+        del dropped
+        gc.collect()
+        assert (await controller.complete("chat", plain, auth)).status == 200
+
+    asyncio.run(main())
+
+
+def test_a_cascade_at_its_request_timeout_returns_its_best_answer_so_far(handles: dict[str, FakeHandle]) -> None:
+    with TestClient(http_app(_controller(handles, request_timeout_s=0.6))) as client:
+        _wait_settled(client)
+        handles["large"].stall_s = 30
+        t0 = time.monotonic()
+        r = _chat(client, {"model": "cascade", "messages": CHAT, "cascade": {"lambda": 0}})
+        assert time.monotonic() - t0 < 3.0  # the stage timeout is 5 s, the large model's stall 30 s
+        assert r.status_code == 200, r.text
+        trace = r.json()["cascade"]
+        assert r.json()["model"] == "small" and trace["deadline_reached"]
+        assert [s["decision"] for s in trace["stages"]] == ["accept", "error"]
+        assert handles["large"].responses[-1].cancelled
+        # Without a deadline in the way, the same request escalates.
+        handles["large"].stall_s = 0
+        r = _chat(client, {"model": "cascade", "messages": CHAT, "cascade": {"lambda": 0}})
+        assert r.json()["model"] == "large" and not r.json()["cascade"]["deadline_reached"]
+
+
+def test_a_request_with_no_answer_by_its_timeout_is_503(handles: dict[str, FakeHandle]) -> None:
+    with TestClient(http_app(_controller(handles, request_timeout_s=0.4))) as client:
+        _wait_settled(client)
+        for handle in handles.values():
+            handle.stall_s = 30
+        r = _chat(client, {"model": "cascade", "messages": CHAT})
+        _assert_envelope(r, 503, "no model answered within the request timeout")
+        assert r.headers["retry-after"]
+        r = _chat(client, {"model": "small", "messages": CHAT})  # a direct call: the same deadline
+        _assert_envelope(r, 503, "the request did not finish within its timeout (0.4 s)")
+
+
+def test_the_request_timeout_bounds_a_whole_stream(handles: dict[str, FakeHandle]) -> None:
+    with TestClient(http_app(_controller(handles, request_timeout_s=0.5))) as client:
+        _wait_settled(client)
+        handles["small"].line_gap_s = 0.2  # each line within the stage timeout, the whole stream not
+        t0 = time.monotonic()
+        events = _events(_chat(client, {"model": "small", "messages": CHAT, "stream": True}).text)
+        assert time.monotonic() - t0 < 2.0
+        assert "did not finish within its timeout (0.5 s)" in events[-1]["error"]["message"]
+        assert handles["small"].streams[-1].cancelled
 
 
 def test_a_body_over_the_limit_is_413_before_it_is_read_whole(handles: dict[str, FakeHandle]) -> None:
