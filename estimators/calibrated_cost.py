@@ -40,12 +40,16 @@ the length fit but kept in the cost fit, since their timings still match the tok
 
 **Live use** (:class:`~estimators.stage.CostEstimator`): ``predict`` returns measured GPU-seconds for
 the models that answered and ex-ante predictions otherwise; ``observe`` keeps each model's prediction
-current with a multiplicative correction, an exponential moving average (weight ``live_smoothing``) of
-measured / predicted-given-tokens, clipped to ``live_bounds``; ``current_rates`` gives the law times the
-correction, what the controller exports as Prometheus gauges (``coefficients`` lists everything per
-model). ``supersede_measurements`` (a startup measurement was skewed) changes nothing: the calibrated
-law is the measurement, and one skewed stage moves the bounded correction by a ``live_smoothing``
-share of the bounds at most.
+current with a multiplicative correction that follows measured / predicted-given-tokens (the law priced
+on the prompt tokens the engine prefilled, not those its prefix cache served), within ``live_bounds``.
+Each stage moves the correction, and the moving averages of answer length shown next to it, by a
+bounded step (``estimators.bounded_update``: weight ``live_smoothing`` near the estimate, at most
+``live_max_log_step`` in log space), so a client's requests, whatever their shape, move a model's
+predicted cost by a bounded factor (README; ``tests/estimators/test_poisoning.py``).
+``current_rates`` gives the law times the correction, what the controller exports as Prometheus gauges
+(``coefficients`` lists everything per model). ``supersede_measurements`` (a startup measurement was
+skewed) changes nothing: the calibrated law is the measurement, and one skewed stage moves the
+correction by one bounded step at most.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from sklearn.base import BaseEstimator
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
+from estimators.bounded_update import DEFAULT_MAX_LOG_STEP, bounded_update
 from estimators.stage import CostRates, QueryInfo, StageResult
 from estimators.text_features import PromptFeatures
 
@@ -214,9 +219,13 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
     loss : {"relative", "absolute"}, default="relative"
         Error the cost law is fitted on (see :func:`fit_linear_cost`).
     live_smoothing : float, default=0.05
-        Weight of the newest stage in the live correction's moving average; 0 freezes the model.
+        Weight of the newest stage in the live correction and moving averages, near their value (an
+        EWMA's); 0 freezes the model.
     live_bounds : tuple of (float, float), default=(0.5, 2.0)
-        Bounds of the live correction factor (and of each observed ratio); ``low <= 1 <= high``.
+        Bounds of the live correction factor; ``low <= 1 <= high``.
+    live_max_log_step : float, default=DEFAULT_MAX_LOG_STEP
+        The most one stage moves the correction (and each moving average) in log space
+        (``estimators.bounded_update``).
     concurrency : int or None, default=None
         Informational: the replay concurrency the timings were measured at.
     gpus_per_replica : dict of str to int or None, default=None
@@ -243,8 +252,8 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
     n_observed_ : dict of str to int
         Live stages observed per model since ``fit``.
     live_completion_tokens_, live_expected_completion_tokens_ : dict of str to float
-        Moving averages (weight ``live_smoothing``) of measured and of ex-ante predicted completion
-        tokens; both start at the calibration means, so their gap shows drift of the length predictor.
+        Bounded moving averages of measured and of ex-ante predicted completion tokens; both start at
+        the calibration means, so their gap shows drift of the length predictor.
     """
 
     def __init__(
@@ -255,6 +264,7 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         loss: str = "relative",
         live_smoothing: float = 0.05,
         live_bounds: tuple[float, float] = (0.5, 2.0),
+        live_max_log_step: float = DEFAULT_MAX_LOG_STEP,
         concurrency: int | None = None,
         gpus_per_replica: Mapping[str, int] | None = None,
         usd_per_gpu_hour: float | None = None,
@@ -264,9 +274,15 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         self.loss = loss
         self.live_smoothing = live_smoothing
         self.live_bounds = live_bounds
+        self.live_max_log_step = live_max_log_step
         self.concurrency = concurrency
         self.gpus_per_replica = gpus_per_replica
         self.usd_per_gpu_hour = usd_per_gpu_hour
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Artifacts pickled before the step bound existed load with it: their live use is bounded too.
+        state.setdefault("live_max_log_step", DEFAULT_MAX_LOG_STEP)
+        super().__setstate__(state)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -326,7 +342,8 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
             self.length_coef_[j] = ridge.coef_
             self.length_intercept_[j] = float(ridge.intercept_)
             predicted = self._expected_tokens(j, x_all[idx], np.array([r.max_tokens for r in mine]))
-            self.live_completion_tokens_[model] = float(c.mean())
+            # Moved by factors from here on, so above 0 (rows may all have empty answers).
+            self.live_completion_tokens_[model] = max(float(c.mean()), 1.0)
             self.live_expected_completion_tokens_[model] = float(predicted.mean())
         # Features of the last live query (``_query_features``); stale after a refit.
         self._last_query: tuple[tuple[str, float], Any] | None = None
@@ -354,6 +371,9 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
             or not 0.0 < float(bounds[0]) <= 1.0 <= float(bounds[1]) < math.inf
         ):
             raise ValueError(f"live_bounds must be (low, high) with 0 < low <= 1 <= high < inf, got {bounds!r}")
+        step = self.live_max_log_step
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not 0.0 < float(step) < math.inf:
+            raise ValueError(f"live_max_log_step must be a positive finite number, got {step!r}")
         k = self.concurrency
         if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
             raise ValueError(f"concurrency must be a positive int or None, got {k!r}")
@@ -500,29 +520,29 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         return cost
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
-        """Move ``stage.model``'s correction toward measured / predicted-given-tokens (bounded EWMA).
-
-        Also updates the moving averages of measured and ex-ante predicted completion tokens.
-        """
+        """Move ``stage.model``'s correction toward measured / predicted-given-tokens, and the moving
+        averages of measured and ex-ante predicted completion tokens toward the stage's, each by a
+        bounded step (module docstring)."""
         check_is_fitted(self)
         if not stage.measures_rates:  # no engine timing of its own: nothing to compare the law with
             return
         j = self._index(stage.model)
         model = self.models_[j]
-        a = float(self.live_smoothing)
+        a, cap = float(self.live_smoothing), float(self.live_max_log_step)
         low, high = (float(b) for b in self.live_bounds)
-        law = float(self.coef_[model].gpu_s(stage.prompt_tokens, stage.completion_tokens))
-        measured = self.measured_gpu_s(stage)
-        # An outlier (a preempted request, a clock glitch) moves the factor by at most a * (high - low).
-        ratio = min(max(measured / law, low), high) if law > 0.0 else high
-        updated = (1.0 - a) * self.correction_[model] + a * ratio
+        # The engine prefilled only the tokens its prefix cache did not hold: price those.
+        law = float(self.coef_[model].gpu_s(stage.uncached_prompt_tokens, stage.completion_tokens))
+        ratio = self.measured_gpu_s(stage) / law if law > 0.0 else math.inf
+        updated = bounded_update(self.correction_[model], ratio, weight=a, max_log_step=cap)
         self.correction_[model] = min(max(updated, low), high)
         self.n_observed_[model] += 1
         p = np.array([stage.prompt_tokens], dtype=np.float64)
         x = self._query_features(query.text, p)
         expected = float(self._expected_tokens(j, x, np.array([query.max_tokens], dtype=np.float64))[0])
-        self.live_completion_tokens_[model] += a * (stage.completion_tokens - self.live_completion_tokens_[model])
-        self.live_expected_completion_tokens_[model] += a * (expected - self.live_expected_completion_tokens_[model])
+        self.live_completion_tokens_[model] = bounded_update(
+            self.live_completion_tokens_[model], float(stage.completion_tokens), weight=a, max_log_step=cap)
+        self.live_expected_completion_tokens_[model] = bounded_update(
+            self.live_expected_completion_tokens_[model], expected, weight=a, max_log_step=cap)
 
     def coefficients(self) -> dict[str, dict[str, float]]:
         """Per model, the numbers the controller exports as gauges.
@@ -552,10 +572,10 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
 
     def billed_gpu_s(self, stage: StageResult) -> float:
         """Measured GPU-seconds (engine seconds times the replica's GPUs), or for an untimed stage the law
-        given its token counts, times the live correction."""
+        given its token counts (the prompt's uncached ones), times the live correction."""
         if stage.timed:
             return self.measured_gpu_s(stage)
-        return float(self.gpu_s_given_tokens(stage.model, stage.prompt_tokens, stage.completion_tokens))
+        return float(self.gpu_s_given_tokens(stage.model, stage.uncached_prompt_tokens, stage.completion_tokens))
 
     def supersede_measurements(self, model: str) -> None:
         """Nothing to drop: the calibrated law stands, and the correction is bounded (module docstring)."""

@@ -82,19 +82,47 @@ class StageResult:
     # their prefill and decode read 0, which is no measurement and no bill.
     timed: bool = True
     n_sequences: int = 1  # choices in the answer: more than one share the timing, if any
+    # Prompt tokens the engine found in its prefix cache and did not prefill (0 when it does not say).
+    cached_prompt_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        # Seconds that are no duration would reach every average and bill; the parser never builds
+        # such a stage (it marks the answer untimed), so one here is a caller's bug.
+        for name in ("queue_s", "prefill_s", "decode_s"):
+            value = getattr(self, name)
+            if not 0.0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r} "
+                                 f"(model {self.model!r})")
+        if not 0 <= self.cached_prompt_tokens <= max(self.prompt_tokens, 0):
+            raise ValueError(f"cached_prompt_tokens must be in [0, prompt_tokens={self.prompt_tokens}], "
+                             f"got {self.cached_prompt_tokens!r} (model {self.model!r})")
 
     @property
     def measures_rates(self) -> bool:
         """One sequence with the engine's own timing: an observation per-token rates may learn from."""
         return self.timed and self.n_sequences == 1
 
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        """Prompt tokens the engine prefilled: the ones prefill time was spent on."""
+        return max(self.prompt_tokens - self.cached_prompt_tokens, 0)
+
     @classmethod
     def from_response(cls, model: str, endpoint: str, response: dict[str, Any]) -> StageResult:
         """The one parser of what a replica answered and its engine measured (an OpenAI response body
-        with vLLM's per-request ``metrics``): tokens, first choice's text, finish reason and token
-        logprobs (floored at ``LOGPROB_FLOOR``), queue / prefill / decode seconds."""
+        with vLLM's per-request ``metrics``): tokens (cached prompt tokens from
+        ``usage.prompt_tokens_details``, 0 when absent), first choice's text, finish reason and token
+        logprobs (floored at ``LOGPROB_FLOOR``), queue / prefill / decode seconds. A prefill or decode
+        time that is no duration (missing, NaN, infinite, negative) leaves the answer untimed."""
         usage = response.get("usage") or {}
         metrics = response.get("metrics") or {}
+        prefill_s = _seconds(metrics.get("time_to_first_token_ms"))
+        decode_s = _seconds(metrics.get("generation_time_ms"))
+        timed = prefill_s is not None and decode_s is not None
+        if prefill_s is None or decode_s is None:  # one reading without the other is no split of the time
+            prefill_s = decode_s = 0.0
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         choices = response.get("choices") or [{}]
         choice = choices[0]
         logprobs = choice.get("logprobs") or {}
@@ -106,16 +134,17 @@ class StageResult:
             raw = logprobs.get("token_logprobs") or []  # the prompt's first token has None
         return cls(
             model=model,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            prompt_tokens=prompt_tokens,
             completion_tokens=int(usage.get("completion_tokens", 0)),
             token_logprobs=tuple(_floored(x) for x in raw if x is not None),
-            queue_s=float(metrics.get("queue_time_ms") or 0.0) / 1e3,
-            prefill_s=float(metrics.get("time_to_first_token_ms") or 0.0) / 1e3,
-            decode_s=float(metrics.get("generation_time_ms") or 0.0) / 1e3,
+            queue_s=_seconds(metrics.get("queue_time_ms")) or 0.0,
+            prefill_s=prefill_s,
+            decode_s=decode_s,
             text=content if isinstance(content, str) else "",
             finish_reason=choice.get("finish_reason"),
-            timed=metrics.get("time_to_first_token_ms") is not None and metrics.get("generation_time_ms") is not None,
+            timed=timed,
             n_sequences=max(1, len(choices)),
+            cached_prompt_tokens=min(max(int(cached), 0), max(prompt_tokens, 0)),
         )
 
     @property
@@ -131,6 +160,15 @@ class StageResult:
         return float(np.mean(self.token_logprobs))
 
 
+def _seconds(ms: Any) -> float | None:
+    """Engine milliseconds as seconds; None for what is no duration (absent, NaN, infinite, negative)."""
+    try:
+        value = float(ms) / 1e3
+    except (TypeError, ValueError):
+        return None
+    return value if 0.0 <= value < math.inf else None  # NaN compares False: None too
+
+
 def _floored(x: Any) -> float:
     value = float(x)
     return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR  # NaN compares False: floored too
@@ -144,7 +182,8 @@ class QualityEstimator(Protocol):
         ...
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
-        """Learn from a finished stage (online priors)."""
+        """Learn from a finished stage (online priors), each statistic by a bounded step
+        (``estimators.bounded_update``), or not at all."""
         ...
 
 
@@ -164,7 +203,8 @@ class CostEstimator(Protocol):
         ...
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
-        """Learn from a finished stage."""
+        """Learn from a finished stage, by a bounded step (``estimators.bounded_update``): a client's
+        requests, whatever their shape, cannot drag a cost estimate far."""
         ...
 
     def supersede_measurements(self, model: str) -> None:

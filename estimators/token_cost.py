@@ -1,25 +1,32 @@
 """Interim live cost model: GPU-seconds per token, per model and phase, from the engines' own timings.
 
 Each finished stage reports vLLM's per-request split (``StageResult``): prefill time (scheduled to
-first token) over the prompt tokens, decode time (first to last token) over the tokens after the
-first. The model keeps an exponential moving average of both rates and of the answer length, so a
-query's cost on a model is ``prefill_s_per_token * prompt_tokens + decode_s_per_token * expected
-completion tokens`` (capped by ``max_tokens``); a model that ran costs what it measured. Queueing is
-excluded: it is load, not work. A model with no measurement yet has no cost: ``predict`` refuses it
-(the controller measures every replica with a probe request before routing to it).
+first token) over the prompt tokens the engine prefilled (those it found in its prefix cache cost it
+nothing), decode time (first to last token) over the tokens after the first. The model keeps a
+running estimate of both rates and of the answer length, so a query's cost on a model is
+``prefill_s_per_token * prompt_tokens + decode_s_per_token * expected completion tokens`` (capped by
+``max_tokens``); a model that ran costs what it measured. Queueing is excluded: it is load, not work.
+A model with no measurement yet has no cost: ``predict`` refuses it (the controller measures every
+replica with a probe request before routing to it).
 
-Its first measurement of a model *is* that model's rate, so a measurement taken while other engines
-were still starting is skewed for many stages after: ``supersede_measurements`` forgets it, and the
-next stage becomes the first measurement again.
+Its first measurement of a model *is* that model's rate: the anchor. A measurement taken while other
+engines were still starting is skewed, so ``supersede_measurements`` forgets it, and the next stage
+becomes the first measurement again. Every later stage moves the estimates by a bounded step
+(``estimators.bounded_update``), whatever the client asked for: a hundred requests shaped to look
+cheap or dear (prompts the prefix cache serves, answers of one token or of ``max_tokens``) move a
+model's predicted cost by less than the README's bound (``tests/estimators/test_poisoning.py``). The
+same bound makes a genuine change of a model's speed slow to learn; the README gives the count.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
+from estimators.bounded_update import DEFAULT_MAX_LOG_STEP, bounded_log_step, bounded_update
 from estimators.stage import CostRates, QueryInfo, StageResult
 
 __all__ = ["ModelRates", "TokenCostModel"]
@@ -37,18 +44,19 @@ class ModelRates:
 
 @dataclass
 class TokenCostModel:
-    """See the module docstring. ``smoothing`` is the weight of the newest stage in the averages;
-    ``max_step`` bounds how far one stage can pull them (:meth:`observe`)."""
+    """See the module docstring. ``smoothing`` is the weight of the newest stage near the estimates (an
+    EWMA's); ``max_log_step`` bounds how far in log space one stage can move the predicted cost
+    (:meth:`observe`)."""
 
     smoothing: float = 0.2
     rates: dict[str, ModelRates] = field(default_factory=dict)
-    max_step: float = 2.0  # one observation counts as at most this factor above or below the estimate
+    max_log_step: float = DEFAULT_MAX_LOG_STEP
 
     def __post_init__(self) -> None:
         if not 0.0 < self.smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing!r}")
-        if not self.max_step > 1.0:
-            raise ValueError(f"max_step must be above 1, got {self.max_step!r}")
+        if not 0.0 < self.max_log_step < math.inf:
+            raise ValueError(f"max_log_step must be a positive finite number, got {self.max_log_step!r}")
 
     def knows(self, model: str) -> bool:
         return model in self.rates
@@ -83,34 +91,39 @@ class TokenCostModel:
         return cost
 
     def observe(self, query: QueryInfo, stage: StageResult) -> None:
-        """Move ``stage.model``'s averages toward the stage's rates (module docstring).
+        """Move ``stage.model``'s estimates toward the stage's rates, by a bounded step (module docstring).
 
-        Only what the stage measures moves an average, and by a bounded step: a stage without the
-        engine's timing or with several sequences teaches nothing; one with a single completion token
-        measured no decode; and one observation counts as at most ``max_step`` times the current
-        estimate (or its inverse), so a client's odd requests cannot drag an estimate far.
+        Only what the stage measures moves an estimate: a stage without the engine's timing or with
+        several sequences teaches nothing; one whose prompt came from the prefix cache measured no
+        prefill; one with a single completion token measured no decode. The decode rate and the answer
+        length multiply in the predicted cost, so when one stage pushes both the same way they share
+        one ``max_log_step``: no stage moves any prediction by more than that.
         """
         if not stage.measures_rates:
             return
-        prefill = stage.prefill_s / max(stage.prompt_tokens, 1) if stage.prefill_s > 0 else None
+        uncached = stage.uncached_prompt_tokens
+        prefill = stage.prefill_s / uncached if stage.prefill_s > 0 and uncached > 0 else None
         decode = stage.decode_s / (stage.completion_tokens - 1) if stage.completion_tokens >= 2 else None
         rate = self.rates.get(stage.model)
         if rate is None:
-            if prefill is not None and decode is not None:  # a first point needs both rates
+            # A first point needs both rates, and above 0: an estimate is moved by factors from there on.
+            if prefill is not None and decode is not None and decode > 0:
                 self.rates[stage.model] = ModelRates(prefill, decode, float(stage.completion_tokens))
             return
-        a = self.smoothing
+        a, cap = self.smoothing, self.max_log_step
         if prefill is not None:
-            step = self._bounded(prefill, rate.prefill_s_per_token) - rate.prefill_s_per_token
-            rate.prefill_s_per_token += a * step
+            rate.prefill_s_per_token = bounded_update(rate.prefill_s_per_token, prefill, weight=a, max_log_step=cap)
+        step_decode = 0.0
         if decode is not None:
-            rate.decode_s_per_token += a * (self._bounded(decode, rate.decode_s_per_token) - rate.decode_s_per_token)
-        tokens = self._bounded(float(stage.completion_tokens), max(rate.completion_tokens, 1.0))
-        rate.completion_tokens += a * (tokens - rate.completion_tokens)
+            step_decode = bounded_log_step(rate.decode_s_per_token, decode, weight=a, max_log_step=cap)
+        step_length = bounded_log_step(rate.completion_tokens, float(stage.completion_tokens), weight=a,
+                                       max_log_step=cap)
+        joint = step_decode + step_length
+        if step_decode * step_length > 0 and abs(joint) > cap:
+            step_decode, step_length = step_decode * cap / abs(joint), step_length * cap / abs(joint)
+        rate.decode_s_per_token *= math.exp(step_decode)
+        rate.completion_tokens *= math.exp(step_length)
         rate.n_stages += 1
-
-    def _bounded(self, value: float, current: float) -> float:
-        return min(max(value, current / self.max_step), current * self.max_step)
 
     def billed_gpu_s(self, stage: StageResult) -> float:
         """Measured GPU-seconds, or for an untimed stage the rates times its tokens (0 before any rate)."""
@@ -120,4 +133,4 @@ class TokenCostModel:
         if rate is None:
             return 0.0
         decoded = max(stage.completion_tokens - stage.n_sequences, 0)  # each sequence's first token is prefill's
-        return rate.prefill_s_per_token * stage.prompt_tokens + rate.decode_s_per_token * decoded
+        return rate.prefill_s_per_token * stage.uncached_prompt_tokens + rate.decode_s_per_token * decoded

@@ -125,8 +125,9 @@ def test_scripts_are_not_installed(tmp_path: Path) -> None:
     assert not where.startswith(str(REPO)), f"scripts is importable outside the repository: {where}"
 
 
-@pytest.mark.parametrize("module", ["estimators.stage", "estimators.table", "estimators.answers", "cluster.config",
-                                    "toymodels.qwen2"])
+@pytest.mark.parametrize("module", ["estimators.stage", "estimators.table", "estimators.answers",
+                                    "estimators.bounded_update", "estimators.token_cost", "estimators.logprob_quality",
+                                    "cluster.config", "toymodels.qwen2"])
 def test_light_modules_do_not_load_heavy_stacks(module: str) -> None:
     """A numpy-only module imports without scikit-learn, Ray, torch or the benchmark loader
     (``estimators/__init__`` once re-exported all of them)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from estimators.bounded_update import DEFAULT_MAX_LOG_STEP
 from estimators.calibrated_cost import CostSample, GpuTimeCostModel, ModelCost, fit_linear_cost
 from estimators.stage import QueryInfo, StageResult
 
@@ -216,13 +218,15 @@ def test_observe_moves_the_correction_toward_the_measured_ratio(fitted: GpuTimeC
     law = float(model.gpu_s_given_tokens("small", 100, 20))
     before = model.predict(query, ["small", "big"], {})
     model.observe(query, stage("small", wall_s=1.5 * law))
-    assert model.correction_["small"] == pytest.approx(1.0 + 0.05 * 0.5)
+    # One bounded step toward 1.5: the EWMA's (live_smoothing * 0.5), unless the cap binds first.
+    k = math.exp(min(0.05 * 0.5, model.live_max_log_step))
+    assert model.correction_["small"] == pytest.approx(k)
     assert model.correction_["big"] == 1.0
     after = model.predict(query, ["small", "big"], {})
-    assert after[0] == pytest.approx(before[0] * 1.025) and after[1] == before[1]
-    assert float(model.gpu_s_given_tokens("small", 100, 20)) == pytest.approx(law * 1.025)
+    assert after[0] == pytest.approx(before[0] * k) and after[1] == before[1]
+    assert float(model.gpu_s_given_tokens("small", 100, 20)) == pytest.approx(law * k)
     gauges = model.coefficients()["small"]
-    assert gauges["correction"] == pytest.approx(1.025) and gauges["n_observed"] == 1.0
+    assert gauges["correction"] == pytest.approx(k) and gauges["n_observed"] == 1.0
 
 
 def test_current_rates_are_the_law_times_the_correction(fitted: GpuTimeCostModel) -> None:
@@ -230,11 +234,11 @@ def test_current_rates_are_the_law_times_the_correction(fitted: GpuTimeCostModel
     model = fresh(fitted)
     query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)
     model.observe(query, stage("small", wall_s=1.5 * float(model.gpu_s_given_tokens("small", 100, 20))))
-    rates, law = model.current_rates("small"), model.coef_["small"]
-    assert rates is not None and rates.correction == pytest.approx(1.025)
-    assert rates.prefill_s_per_token == pytest.approx(1.025 * law.prefill_s_per_token)
-    assert rates.decode_s_per_token == pytest.approx(1.025 * law.decode_s_per_token)
-    assert rates.overhead_s == pytest.approx(1.025 * law.overhead_s)
+    rates, law, k = model.current_rates("small"), model.coef_["small"], model.correction_["small"]
+    assert rates is not None and rates.correction == k and k > 1.0
+    assert rates.prefill_s_per_token == pytest.approx(k * law.prefill_s_per_token)
+    assert rates.decode_s_per_token == pytest.approx(k * law.decode_s_per_token)
+    assert rates.overhead_s == pytest.approx(k * law.overhead_s)
     assert model.current_rates("huge") is None
 
 
@@ -248,19 +252,29 @@ def test_superseding_a_measurement_keeps_the_calibrated_law(fitted: GpuTimeCostM
     assert model.current_rates("small") == before and model.n_observed_["small"] == 1
 
 
-def test_correction_stays_bounded_after_many_extreme_observations(fitted: GpuTimeCostModel) -> None:
-    model = fresh(fitted)
+def test_correction_stays_within_its_bounds_after_many_extreme_observations(fitted: GpuTimeCostModel) -> None:
+    # A loose step cap, so that the bounds are reached at all.
+    model = fresh(fitted).set_params(live_max_log_step=0.1)
     query = QueryInfo(text="Answer yes or no: stars.", prompt_tokens=100, max_tokens=64)
     law = float(model.coef_["small"].gpu_s(100, 20))
     for _ in range(500):
         model.observe(query, stage("small", wall_s=100.0 * law))
-    assert model.correction_["small"] == pytest.approx(2.0) and model.correction_["small"] <= 2.0
+    assert model.correction_["small"] == 2.0
     for _ in range(500):
         model.observe(query, stage("small", wall_s=law / 100.0))
-    assert model.correction_["small"] == pytest.approx(0.5) and model.correction_["small"] >= 0.5
-    # One wild stage moves the factor by at most live_smoothing * (high - low).
+    assert model.correction_["small"] == 0.5
+    # One wild stage moves the factor by one capped step.
     model.observe(query, stage("small", wall_s=1e6 * law))
-    assert model.correction_["small"] <= 0.5 + 0.05 * 1.5 + 1e-9
+    assert model.correction_["small"] == pytest.approx(0.5 * math.exp(0.1))
+
+
+def test_a_model_pickled_before_the_step_cap_loads_with_the_default(fitted: GpuTimeCostModel) -> None:
+    old = fresh(fitted)
+    del old.__dict__["live_max_log_step"]
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.live_max_log_step == DEFAULT_MAX_LOG_STEP
+    loaded.observe(QueryInfo(text="x", prompt_tokens=1, max_tokens=8), stage("small", wall_s=100.0))
+    assert loaded.correction_["small"] == pytest.approx(math.exp(DEFAULT_MAX_LOG_STEP))
 
 
 def test_zero_live_smoothing_freezes_the_model(fitted: GpuTimeCostModel) -> None:
@@ -276,8 +290,8 @@ def test_observe_tracks_live_answer_lengths(fitted: GpuTimeCostModel) -> None:
     query = QueryInfo(text="stars. Write a detailed essay on rivers.", prompt_tokens=100, max_tokens=1024)
     model.observe(query, stage("small", completion_tokens=1000))
     after = model.coefficients()["small"]
-    moved = start["completion_tokens"] + 0.05 * (1000 - start["completion_tokens"])
-    assert after["completion_tokens"] == pytest.approx(moved)
+    step = min(0.05 * (1000 / start["completion_tokens"] - 1), model.live_max_log_step)
+    assert after["completion_tokens"] == pytest.approx(start["completion_tokens"] * math.exp(step))
     assert after["expected_completion_tokens"] > start["expected_completion_tokens"]
 
 
@@ -335,6 +349,8 @@ def test_usd_prices_gpu_seconds(fitted: GpuTimeCostModel) -> None:
         ({"live_smoothing": 1.5}, "live_smoothing"),
         ({"live_bounds": (1.2, 2.0)}, "live_bounds"),
         ({"live_bounds": (0.5,)}, "live_bounds"),
+        ({"live_max_log_step": 0.0}, "live_max_log_step"),
+        ({"live_max_log_step": float("inf")}, "live_max_log_step"),
         ({"concurrency": 0}, "concurrency"),
         ({"gpus_per_replica": {"big": 0}}, r"gpus_per_replica\['big'\]"),
         ({"gpus_per_replica": [("big", 2)]}, "gpus_per_replica"),

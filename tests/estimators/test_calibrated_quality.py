@@ -192,6 +192,17 @@ def test_adapter_returns_estimates_in_the_order_asked(fitted: TrainedQualityEsti
     assert adapter.models == MODELS
 
 
+def test_adapter_has_no_live_statistic_a_client_could_drag(fitted: TrainedQualityEstimator) -> None:
+    """Issue 12: it learns only from the next calibration, so a hundred certain answers change nothing."""
+    adapter = CalibratedQuality(fitted)
+    before = adapter.predict(QUERY, list(MODELS), {})
+    for _ in range(100):
+        adapter.observe(QUERY, _stage("small", "The answer is 4.", (0.0,) * 8))
+    after = adapter.predict(QUERY, list(MODELS), {})
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+
+
 def test_adapter_reads_the_answers_log_probabilities(fitted: TrainedQualityEstimator) -> None:
     sure = CalibratedQuality(fitted).predict(QUERY, list(MODELS), {"small": _stage("small", "42", (-0.05,) * 4)})
     unsure = CalibratedQuality(fitted).predict(QUERY, list(MODELS), {"small": _stage("small", "42", (-2.0,) * 4)})

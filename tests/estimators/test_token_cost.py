@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from estimators.stage import CostEstimator, CostRates, QueryInfo, StageResult
@@ -72,12 +74,24 @@ def test_an_untimed_stage_is_billed_from_the_rates_not_as_free() -> None:
 
 
 def test_one_observation_moves_an_estimate_by_a_bounded_step() -> None:
-    cost = TokenCostModel(smoothing=0.2, max_step=2.0)
+    cost = TokenCostModel(smoothing=0.2, max_log_step=0.01)
     cost.observe(QUERY, _stage(0.01, 0.04))
-    cost.observe(QUERY, _stage(0.01, 4.0))  # a 100x decode: counted as 2x
-    assert cost.rates["m"].decode_s_per_token == pytest.approx(0.01 + 0.2 * (0.02 - 0.01))
-    with pytest.raises(ValueError, match="max_step"):
-        TokenCostModel(max_step=1.0)
+    cost.observe(QUERY, _stage(0.01, 4.0))  # a 100x decode: one capped step
+    assert cost.rates["m"].decode_s_per_token == pytest.approx(0.01 * math.exp(0.01))
+    with pytest.raises(ValueError, match="max_log_step"):
+        TokenCostModel(max_log_step=0.0)
+
+
+def test_a_long_slow_answer_moves_the_decode_term_by_one_step_not_two() -> None:
+    """Decode rate and answer length multiply in the prediction: pushed the same way, they share the cap."""
+    cost = TokenCostModel(smoothing=0.2, max_log_step=0.01)
+    cost.observe(QUERY, _stage(0.01, 0.04))
+    before = cost.rates["m"].decode_s_per_token * cost.rates["m"].completion_tokens
+    long_slow = StageResult("m", prompt_tokens=10, completion_tokens=500, token_logprobs=(), queue_s=0.0,
+                            prefill_s=0.01, decode_s=1e3)
+    cost.observe(QUERY, long_slow)
+    after = cost.rates["m"].decode_s_per_token * cost.rates["m"].completion_tokens
+    assert after / before == pytest.approx(math.exp(0.01))
 
 
 def test_the_parser_marks_answers_without_engine_timing() -> None:
