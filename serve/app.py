@@ -9,8 +9,9 @@ the settings and the estimators into it.
 ``build_app`` is the import path for Ray's own CLI (``serve run serve.app:build_app
 config=models.cpu.yaml``, or ``import_path: serve.app:build_app`` with ``args: {config: ...}`` in a
 Serve config file); ``cascade up`` and ``cascade demo`` call ``fleet_app``. Each model entry becomes
-a real ``ray.serve.llm.LLMConfig`` with two additions the controller relies on: vLLM's per-request
-metrics (the engine's queue/prefill/decode split, which the cost model and the trace need) and no
+a real ``ray.serve.llm.LLMConfig`` with three additions the controller relies on: vLLM's per-request
+metrics (the engine's queue/prefill/decode split, which the cost model and the trace need), the prompt
+tokens served from the prefix cache (prefill is priced on the tokens the engine computed) and no
 stream batching delay (Ray's default 50 ms batching adds to every streamed token, ray#59681); a
 fleet file that sets either explicitly keeps its value.
 
@@ -59,7 +60,8 @@ def llm_config(spec: ModelSpec) -> Any:
     from serve.replica import CascadeLLMServer
 
     data = spec.model_dump(exclude_none=True, by_alias=True)
-    data["engine_kwargs"] = {"enable_per_request_metrics": True, **data.get("engine_kwargs", {})}
+    data["engine_kwargs"] = {"enable_per_request_metrics": True, "enable_prompt_tokens_details": True,
+                             **data.get("engine_kwargs", {})}
     data["experimental_configs"] = {"stream_batching_interval_ms": 0, **data.get("experimental_configs", {})}
     data["deployment_config"] = {**model_queue_limits(spec), **data.get("deployment_config", {})}
     data["server_cls"] = CascadeLLMServer

@@ -381,7 +381,10 @@ class CascadeController:
         if "error" in response:
             raise ApiError.from_body(response)
         stage = StageResult.from_response(model, endpoint, response)
-        self._cost.observe(QueryInfo.from_request(endpoint, body), stage)
+        if self._cost.current_rates(model) is not None:
+            # A model's first point is its probe's: a client's request that happens to finish first
+            # must not set it, unbounded (later ones move it by a capped step).
+            self._cost.observe(QueryInfo.from_request(endpoint, body), stage)
         self._update_rate_gauges(model)
         billed_gpu_s = self._cost.billed_gpu_s(stage)
         self._metrics.gpu.observe(billed_gpu_s)

@@ -77,6 +77,7 @@ class ReplicaProbes:
         self._measure = measure
         self._timeout_s = timeout_s
         self._retry_s = retry_s
+        self._n_sent = 0  # probes sent, numbered into their prompts
         self._settle_probes = settle_probes
         self._sleep = sleep
         self._probing: set[str] = set()
@@ -117,7 +118,10 @@ class ReplicaProbes:
 
     async def _once(self, model: str) -> StageResult | None:
         """One probe request; None when the replica is not up or answered an error."""
-        body = {**PROBE_BODY, "model": model}
+        # A prompt the prefix cache has never seen: a repeated one would be measured as a cache hit,
+        # and caching matches from the prompt's start, so the unique part comes first.
+        self._n_sent += 1
+        body = {**PROBE_BODY, "model": model, "prompt": f"Probe {self._n_sent} of {model}. {PROBE_BODY['prompt']}"}
         try:
             response = await asyncio.wait_for(self._call(model, "completions", body), self._timeout_s)
         except Exception as exc:  # not up yet, or dead

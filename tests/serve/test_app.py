@@ -71,6 +71,7 @@ def test_llm_config_adds_engine_timing_and_keeps_explicit_settings() -> None:
     config = llm_config(fleet.models[0])
     assert config.server_cls is CascadeLLMServer
     assert config.engine_kwargs["enable_per_request_metrics"] is True
+    assert config.engine_kwargs["enable_prompt_tokens_details"] is True
     assert config.experimental_configs["stream_batching_interval_ms"] == 0
     assert config.engine_kwargs["max_model_len"] == 512  # the file's own settings pass through
     explicit = fleet.models[0].model_copy(update={"experimental_configs": {"stream_batching_interval_ms": 20}})
