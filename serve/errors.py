@@ -123,7 +123,9 @@ class ApiError(Exception):
         message = clean_message(str(err.get("message") or "")) or "the model replica failed"
         if status == 400 and "context length" in message.lower():
             return cls(400, message, param="messages", code="context_length_exceeded")
-        return cls(status, message, param=err.get("param"))
+        # A replica that says it cannot answer now (503, 429) may answer later: the client is told when.
+        retry_after_s = RETRY_AFTER_S if status in (429, 503) else None
+        return cls(status, message, param=err.get("param"), retry_after_s=retry_after_s)
 
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, param=self.param, code=self.code)

@@ -1,9 +1,11 @@
 """The controller's HTTP routes: one table, and two builders that attach it.
 
-``ROUTES`` lists every route as (method, path, handler); a handler is one line into a
-``CascadeController`` method, which takes and returns plain data (``controller.Reply``). The routes
+``ROUTES`` lists every route as (method, path, handler, OpenAPI operation); a handler is one line into
+a ``CascadeController`` method, which takes and returns plain data (``controller.Reply``). The routes
 are attached separately from the controller, as Ray Serve LLM's ``make_fastapi_ingress`` attaches
-its ``DEFAULT_ENDPOINTS``:
+its ``DEFAULT_ENDPOINTS``, by one function (``_add_route``) that both builders call, so both publish
+the same ``/openapi.json`` (``serve.openapi``: the handlers read raw bytes, so the request bodies are
+the engine's request models, described there):
 
 - :func:`http_app` binds them to one controller instance: a FastAPI app for any ASGI server (and for
   ``tests/serve/test_controller_http.py``, without Ray), whose lifespan starts and stops the probes;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,11 +30,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cluster.config import CascadeSettings
+from serve import openapi
 from serve.controller import CascadeController, Reply
 from serve.errors import error_body
 from serve.watch import live_models
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
+
+logger = logging.getLogger(__name__)
 
 TITLE = "cascade-serve"
 DEFAULT_MAX_BODY_BYTES: int = CascadeSettings.model_fields["max_body_bytes"].default  # the fleet file's
@@ -41,11 +47,15 @@ Handler = Callable[[CascadeController, Request], Awaitable[Response]]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One row of the route table: the handler answers ``method path``."""
+    """One row of the route table: the handler answers ``method path``; ``operation`` is what
+    ``/openapi.json`` says of it (FastAPI's ``openapi_extra``), ``response_class`` the kind of answer
+    FastAPI documents for a success."""
 
     method: Literal["GET", "POST"]
     path: str
     handler: Handler
+    operation: dict[str, Any]
+    response_class: type[Response] = JSONResponse
 
     @property
     def name(self) -> str:
@@ -89,13 +99,25 @@ async def _metrics(c: CascadeController, request: Request) -> Response:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/chat/completions", _chat_completions),
-    Route("POST", "/v1/completions", _completions),
-    Route("GET", "/v1/models", _list_models),
-    Route("GET", "/v1/models/{model_id:path}", _get_model),
-    Route("GET", "/health", _health),  # open: no API key
-    Route("GET", "/metrics", _metrics),
+    Route("POST", "/v1/chat/completions", _chat_completions, openapi.completion_operation("chat")),
+    Route("POST", "/v1/completions", _completions, openapi.completion_operation("completions")),
+    Route("GET", "/v1/models", _list_models, openapi.models_operation()),
+    Route("GET", "/v1/models/{model_id:path}", _get_model, openapi.model_operation()),
+    Route("GET", "/health", _health, openapi.health_operation()),  # open: no API key
+    Route("GET", "/metrics", _metrics, openapi.metrics_operation(), PlainTextResponse),
 )
+
+
+def _engine_schemas() -> dict[str, Any]:
+    """``/openapi.json``'s schemas, with the request models the replicas validate bodies with
+    (``serve.replica``); importing them imports vLLM."""
+    try:
+        from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, CompletionRequest
+    except ImportError as exc:
+        logger.warning("the engine's request models cannot be imported (%s): /openapi.json publishes loose bodies",
+                       exc)
+        return openapi.components(None)
+    return openapi.components({"chat": ChatCompletionRequest, "completions": CompletionRequest})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -146,11 +168,17 @@ class BodyLimit:
         return f"the request body exceeds {self.max_bytes} bytes"
 
 
-def _app(*, max_body_bytes: int, **kwargs: Any) -> FastAPI:
+def _app(*, max_body_bytes: int, schemas: Callable[[], dict[str, Any]], **kwargs: Any) -> FastAPI:
     app = FastAPI(title=TITLE, **kwargs)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    openapi.publish(app, schemas)
     return app
+
+
+def _add_route(app: FastAPI, route: Route, endpoint: Callable[..., Awaitable[Response]]) -> None:
+    app.add_api_route(route.path, endpoint, methods=[route.method], name=route.name,
+                      openapi_extra=route.operation, response_class=route.response_class)
 
 
 def http_app(controller: CascadeController, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
@@ -164,9 +192,10 @@ def http_app(controller: CascadeController, *, max_body_bytes: int = DEFAULT_MAX
         finally:
             await controller.stop()
 
-    app = _app(max_body_bytes=max_body_bytes, lifespan=lifespan)
+    # Built at the first GET /openapi.json: most uses of this app (the tests) never ask for it.
+    app = _app(max_body_bytes=max_body_bytes, schemas=_engine_schemas, lifespan=lifespan)
     for route in ROUTES:
-        app.add_api_route(route.path, _bound(route.handler, controller), methods=[route.method], name=route.name)
+        _add_route(app, route, _bound(route.handler, controller))
     return app
 
 
@@ -183,7 +212,10 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
     builder's: ``serve.app``); its constructor takes the controller's arguments."""
     from ray import serve
 
-    app = _app(max_body_bytes=max_body_bytes)
+    # Built here, in the process that builds the application (its Serve LLM builders have imported vLLM
+    # already), and pickled with the app: the controller's replicas never import vLLM.
+    schemas = _engine_schemas()
+    app = _app(max_body_bytes=max_body_bytes, schemas=lambda: schemas)
 
     class CascadeIngress:
         controller: CascadeController
@@ -206,7 +238,7 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
         # Serve's class-based view finds a class's routes by their endpoints' qualified names.
         method.__qualname__ = f"{CascadeIngress.__qualname__}.{route.name}"
         setattr(CascadeIngress, route.name, method)
-        app.add_api_route(route.path, method, methods=[route.method], name=route.name)
+        _add_route(app, route, method)
     ingress: type = serve.ingress(app)(CascadeIngress)
     return ingress
 

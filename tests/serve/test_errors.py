@@ -156,3 +156,10 @@ def test_clean_message_keeps_one_line_for_the_client() -> None:
     assert clean_message("bad value\nTraceback (most recent call last):\n  File ...") == "bad value"
     assert len(clean_message("x" * 10_000)) == MESSAGE_CHARS
     assert ApiError.from_body({"error": {"message": ray_style, "code": 400}}).message == "tool_choice must be a string"
+
+
+def test_a_replicas_own_503_or_429_tells_the_client_when_to_retry() -> None:
+    for status in (503, 429):
+        err = ApiError.from_body({"error": {"message": "engine busy", "code": status}})
+        assert err.status == status and err.headers() == {"Retry-After": str(RETRY_AFTER_S)}
+    assert ApiError.from_body({"error": {"message": "bad", "code": 400}}).headers() == {}
