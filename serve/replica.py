@@ -52,9 +52,16 @@ def request_error_body(exc: Exception) -> dict[str, Any] | None:
         return error_body(404, clean_message(str(exc)))
     if isinstance(exc, VLLMClientError | ValueError | TypeError | OverflowError) or _is_template_error(exc):
         param = getattr(exc, "parameter", None)
-        return error_body(400, clean_message(str(exc)) or type(exc).__name__, param=param)
+        message = clean_message(str(exc)) or type(exc).__name__
+        if _TOKENIZER_INPUT_ERROR in message:  # the Rust tokenizer's own words say nothing to a client
+            message = "the text cannot be tokenized: it is not valid Unicode (a lone UTF-16 surrogate?)"
+        return error_body(400, message, param=param)
     logger.exception("the replica failed on a request (answered 500)")
     return error_body(500, f"the model replica failed on this request ({type(exc).__name__})")
+
+
+# How the tokenizers library refuses text it cannot encode (a lone surrogate is no Unicode scalar).
+_TOKENIZER_INPUT_ERROR = "TextEncodeInput must be"
 
 
 def _is_template_error(exc: Exception) -> bool:

@@ -39,3 +39,13 @@ def test_an_unknown_failure_is_a_500_without_internals() -> None:
     body = request_error_body(RuntimeError("/secret/path/file.py line 3 in <module>"))
     assert body is not None and body["error"]["code"] == 500
     assert "secret" not in body["error"]["message"] and "RuntimeError" in body["error"]["message"]
+
+
+def test_text_the_tokenizer_cannot_encode_is_explained_in_words_a_client_reads() -> None:
+    from serve.replica import request_error_body
+
+    raw = TypeError("TextEncodeInput must be Union[TextInputSequence, Tuple[InputSequence, InputSequence]]")
+    body = request_error_body(raw)
+    assert body is not None and body["error"]["code"] == 400
+    assert body["error"]["message"] == ("the text cannot be tokenized: it is not valid Unicode (a lone UTF-16 "
+                                        "surrogate?)")
