@@ -48,7 +48,7 @@ from estimators.table import QueryModelTable
 from estimators.trained_quality import TrainedQualityEstimator
 from evaluation.plots import plot_quality_cost
 from evaluation.protocol import ProtocolSettings, run_protocol
-from routing import BudgetUnreachableError, core_policy_name
+from routing import BudgetUnreachableError, ScaledUncertainty, core_policy_name, fit_uncertainty_scale
 
 __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"]
 
@@ -129,6 +129,7 @@ def run_calibrate(opts: CalibrateOptions, *, reporter: Reporter | None = None) -
     budget, unreachable = _budget(opts, inputs.fleet, graded.table, curves)
     timing_s = {"replay": replay_s, "fit": fitted.fit_s, "total": time.perf_counter() - started_s}
     summary = _summary(opts, inputs, graded, split, fitted, curves, report, budget, timing_s)
+    summary["uncertainty_scale"] = fitted.quality.uncertainty_scale_  # served: fitted with the lambda curves
     _save(opts, summary, fitted, report)
     if unreachable is not None:
         raise _unreachable_error(opts, unreachable, _strongest_gpu_s(graded.table))
@@ -261,9 +262,16 @@ def _lambda_curves(
     val, _test = train_test_split(np.arange(held.n_queries), test_size=settings.test_size,
                                   random_state=settings.split_seed)
     val_table = held.take(val)
-    reporter.note("lambda curves on the validation prompts ...")
-    return lambda_curves(quality.estimate_source(val_table), np.asarray(val_table.quality),
-                         np.asarray(val_table.cost), max_depth=settings.max_depth)
+    # The uncertainty the policies plan with is fitted here, on the prompts lambda is fitted on (never
+    # the test half), from what answer selection gets on them; the served estimator keeps that factor.
+    quality.set_uncertainty_scale(1.0)
+    raw = quality.estimate_source(val_table)
+    fit = fit_uncertainty_scale(raw, np.asarray(val_table.quality))
+    quality.set_uncertainty_scale(fit.scale)
+    reporter.note(f"uncertainty scale {fit.scale:g}, fitted on {len(val)} validation prompts; lambda curves ...")
+    depth = settings.max_depth if settings.max_depth is not None else len(held.models)
+    return lambda_curves(ScaledUncertainty(raw, fit.scale), np.asarray(val_table.quality),
+                         np.asarray(val_table.cost), max_depth=depth)
 
 
 def _pareto_report(split: _Split, settings: ProtocolSettings, reporter: Reporter) -> dict[str, Any]:

@@ -12,22 +12,33 @@ __all__ = ["eval_routerbench"]
 
 
 def eval_routerbench(args: argparse.Namespace, *, default_data: Path) -> int:
-    """Settings, data, the protocol under a progress bar, the AUC table, then the files asked for."""
-    settings = _settings(args)
-    table, estimator_table = _load(args, default_data, trained=settings.estimators == "trained")
+    """Data, settings, the protocol under a progress bar, the AUC table, then the files asked for."""
+    trained = args.estimators == "trained"
+    table, estimator_table = _load(args, default_data, trained=trained)
+    settings = _settings(args, table)
     result = _run(table, settings, estimator_table, jobs=args.jobs, quiet=args.quiet)
-    title = _print_result(result, settings)
+    title = _print_result(result, settings, data_name=_data_name(args))
     _write(result, title, json_path=args.json, plot_path=args.plot)
     return 0
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _data_name(args: argparse.Namespace) -> str:
+    """What the tables are titled by: RouterBench for the default data, else the file or folder named."""
+    return "RouterBench" if args.data is None else args.data.name
+
+
+def _settings(args: argparse.Namespace, table: Any) -> Any:
     from evaluation.protocol import ProtocolSettings
     from evaluation.simulated import NOISE_LEVELS
 
-    models: int | tuple[str, ...] = (
-        int(args.models) if args.models.isdigit() else tuple(m.strip() for m in args.models.split(",") if m.strip())
-    )
+    models: int | tuple[str, ...]
+    if args.models is None:
+        # The paper's 11 on its own data; every model of a file the user names (its sets need not exist there).
+        models = 11 if args.data is None else tuple(table.models)
+    elif args.models.isdigit():
+        models = int(args.models)
+    else:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     trained = args.estimators == "trained"
     if trained and args.noise is not None:
         raise ValueError("--noise applies only to --estimators simulated (trained estimators have no noise level)")
@@ -35,8 +46,9 @@ def _settings(args: argparse.Namespace) -> Any:
     if not trained and noise not in NOISE_LEVELS:
         raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
     return ProtocolSettings(models=models, estimators=args.estimators, noise=noise, seed=args.seed,
-                            max_depth=args.max_depth, strategy=args.strategy, per_segment=args.per_segment,
-                            n_bootstrap=args.bootstrap)
+                            test_size=args.test_size, max_depth=args.max_depth, strategy=args.strategy,
+                            per_segment=args.per_segment, n_bootstrap=args.bootstrap,
+                            uncertainty_scale=args.uncertainty_scale)
 
 
 def _load(args: argparse.Namespace, default_data: Path, *, trained: bool) -> tuple[Any, Any]:
@@ -80,7 +92,7 @@ def _run(table: Any, settings: Any, estimator_table: Any, *, jobs: int, quiet: b
     return result
 
 
-def _print_result(result: dict[str, Any], settings: Any) -> str:
+def _print_result(result: dict[str, Any], settings: Any, *, data_name: str) -> str:
     """The AUC table (cascade routing's CI absolute, the others' as differences to it); returns its title."""
     from rich.console import Console
     from rich.table import Table
@@ -89,25 +101,31 @@ def _print_result(result: dict[str, Any], settings: Any) -> str:
 
     trained = settings.estimators == "trained"
     how = "trained estimators" if trained else f"{settings.noise} noise"
-    title = f"RouterBench, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
+    title = f"{data_name}, {len(settings.model_names)} models, {how}, seed {settings.seed}: AUC x100"
     grid = Table(title=title)
     grid.add_column("method")
     grid.add_column("AUC", justify="right")
-    grid.add_column("95% CI (CR absolute; others: minus CR)", justify="right")
-    ci = result["ci"]
+    grid.add_column("minus CR", justify="right")
+    grid.add_column("95% CI", justify="right")
+    ci, auc = result["ci"], result["auc"]
     for method in ("linear", *METHODS):
+        diff = interval = ""
         if method == "cascade_routing" and method in ci:
-            c = ci[method]
-            interval = f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+            interval = f"[{ci[method]['low']:.2f}, {ci[method]['high']:.2f}]"
         elif method in ci.get("diff_vs_cascade_routing", {}):
             c = ci["diff_vs_cascade_routing"][method]
-            interval = f"{c['mean']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]"
-        else:
-            interval = ""
-        grid.add_row(method, f"{result['auc'][method]:.2f}", interval)
+            interval = f"[{c['low']:+.2f}, {c['high']:+.2f}]"
+        if method != "cascade_routing" and "cascade_routing" in auc:
+            # The point difference, as the AUC column: the bootstrap mean would read as a second value.
+            diff = f"{auc[method] - auc['cascade_routing']:+.2f}"
+        grid.add_row(method, f"{auc[method]:.2f}", diff, interval)
+    s = result["settings"]
+    fit = s.get("uncertainty_scale_fit")
+    how_scaled = f"fitted on the {fit['n_rows']} validation rows" if fit is not None else "fixed by --uncertainty-scale"
     out = Console()
     out.print(grid)
-    s = result["settings"]
+    out.print("95% CI: paired bootstrap; CR: its AUC; others: their AUC minus CR's")
+    out.print(f"uncertainty scale {s['uncertainty_scale']:g} ({how_scaled}); costs in {s['cost_unit']}")
     trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
     out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
               f"{s['total_s']:.1f} s")

@@ -32,6 +32,42 @@ _DEFAULT_ROUTERBENCH = Path(__file__).resolve().parents[2] / "shared" / "data" /
 _DEFAULT_CALIBRATION = Path("runs") / "calibration"
 
 
+def _unit_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _max_depth(text: str) -> int | None:
+    """An int >= 1, or 'none' for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'none' (no limit), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'none' (no limit), got {text!r}")
+    return value
+
+
+def _uncertainty_scale(text: str) -> float | None:
+    """'fit' (None: fitted on the validation rows) or a finite number >= 0."""
+    if text.strip().lower() == "fit":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'fit' or a number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 'fit' or a finite number >= 0, got {text!r}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cascade", description="cascade-serve: cascade routing for local LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,15 +77,19 @@ def _build_parser() -> argparse.ArgumentParser:
         "routerbench",
         help="the paper's RouterBench protocol: AUC of every policy with simulated or trained estimators",
         description="Fit routing, threshold cascade, optimal cascade and cascade routing at every budget of "
-        "the paper's grid on a 5%% validation split and score them on the 95%% test split. With --estimators "
-        "trained, the estimators learn from the *_train.csv rows and the 5%%/95%% split is of the *_test.csv "
-        "rows.",
+        "the paper's grid on a validation split (5% by default; --test-size) and score them on the rest. With "
+        "--estimators trained, the estimators learn from the *_train.csv rows and the validation/test split is "
+        "of the *_test.csv rows.",
     )
     # Data
     rb.add_argument("--data", type=Path, default=None,
                     help="RouterBench CSV folder, CSV file or original .pkl (default: ../shared/data/routerbench)")
-    rb.add_argument("--models", default="11",
-                    help="the paper's model set (3, 5 or 11; default 11) or comma-separated model names")
+    rb.add_argument("--models", default=None,
+                    help="the paper's model set (3, 5 or 11) or comma-separated model names (default: 11 on the "
+                    "default data, every model of the file with --data)")
+    rb.add_argument("--test-size", type=_unit_fraction, default=0.95,
+                    help="share of the rows scored; the rest fit lambda, gamma and the uncertainty scale "
+                    "(default 0.95, the paper's)")
     rb.add_argument("--estimators", choices=["simulated", "trained"], default="simulated",
                     help="simulated: ground truth plus noise (the paper's protocol); trained: classifiers on the "
                     "prompts and answers of the *_train.csv rows, evaluated on the *_test.csv rows "
@@ -59,7 +99,12 @@ def _build_parser() -> argparse.ArgumentParser:
     # Method
     rb.add_argument("--seed", type=int, default=0,
                     help="seed of the estimator noise draw, or of the trained estimators' folds (default 0)")
-    rb.add_argument("--max-depth", type=int, default=5, help="cascade routing's max models per query (default 5)")
+    rb.add_argument("--max-depth", type=_max_depth, default=5,
+                    help="cascade routing's max models per query: an int >= 1, or 'none' for no limit "
+                    "(default 5, the paper's on RouterBench)")
+    rb.add_argument("--uncertainty-scale", type=_uncertainty_scale, default=None, metavar="fit|FACTOR",
+                    help="factor on the estimators' variances in E[max]: 'fit' chooses it on the validation rows "
+                    "(default); a number >= 0 fixes it (1: as the estimators state it, 0: no uncertainty)")
     rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
                     help="lambda fitting: per-step search or one constant lambda (default per_step)")
     rb.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10, the paper's)")

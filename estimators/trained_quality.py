@@ -28,8 +28,11 @@ the evaluation never scores:
   and as fitted it overstates that value: on RouterBench (5 models, cross-fitted training queries)
   E[max] of small supermodels beat the quality ``select_answer`` then realised by about 12 points: one
   multiple-choice letter says little and the moves of two agreeing answers go together. So the
-  covariance is multiplied by a factor (``uncertainty_scale``, default ``"auto"``) chosen on training
-  queries to make E[max] of pairs predict that realised quality; 1.0 restores the paper's.
+  covariance is multiplied by a factor (``uncertainty_scale``). ``"auto"`` (the default) fits it on the
+  cross-fitted training queries with ``routing.fit_uncertainty_scale``, the criterion that evaluation
+  (``evaluation.protocol``) and calibration apply on their validation rows; those fit it on the unscaled
+  covariance (``uncertainty_scale=1.0``, the paper's) and their factor replaces this one, so "auto" is the
+  prior for an estimator used without validation rows.
 - **Cost**: ex-ante, a per-model linear regression of cost (USD) on prompt length and task, clipped
   at the model's cheapest training cost; post-hoc, the measured cost (as the simulated estimators do).
 
@@ -57,7 +60,7 @@ from estimators.answer_signals import AnswerSignals, answer_signals
 from estimators.per_model_classifier import PerModelClassifier
 from estimators.table import QueryModelTable
 from estimators.text_features import PromptFeatures
-from routing import clark_expected_max
+from routing import Estimates, fit_uncertainty_scale
 
 __all__ = ["PreparedQueries", "TrainedQualityEstimator"]
 
@@ -66,10 +69,6 @@ BoolArray = NDArray[np.bool_]
 IntArray = NDArray[np.intp]
 
 _UNCERTAINTY = ("independent", "correlated")
-# Candidate factors on the fitted covariance (0: no uncertainty, a supermodel is worth its best mean;
-# 1: the covariance as the paper uses it).
-_SCALE_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
-_N_CALIBRATION_PAIRS = 48
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,11 +120,11 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         or the full matrix (``q_cov``, the paper's classification setting; QMC, slow for many models).
     uncertainty_scale : float or "auto", default="auto"
         Factor on the fitted covariance. ``1.0`` is the paper's choice; ``0.0`` means no uncertainty (a
-        supermodel is worth its best current estimate). ``"auto"`` picks the factor, among 0, 0.01,
-        0.03, 0.1, 0.3 and 1, whose expected maxima best predict (least squares, on cross-fitted
-        training queries) the quality ``select_answer`` realises after running a pair of models: on
-        RouterBench, without log-probabilities, the unscaled covariance overstates that quality by
-        about 12 points (see the module docstring).
+        supermodel is worth its best current estimate). ``"auto"`` picks it from
+        ``routing.DEFAULT_SCALE_GRID`` with ``routing.fit_uncertainty_scale`` on the cross-fitted training
+        queries (the option value of running a second model, predicted against what ``select_answer``
+        then realises). Where validation rows exist, fit with ``1.0`` and scale by the factor
+        ``fit_uncertainty_scale`` picks on them (module docstring).
     random_state : int, RandomState instance or None, default=None
         Seeds the folds and the subset draw; an int makes ``fit`` reproducible.
 
@@ -252,7 +251,7 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         self._cov_cache: dict[int, FloatArray] = {}
         self._full_held_out: FloatArray | None = None
         if self.uncertainty_scale == "auto":
-            self.uncertainty_scale_ = self._calibrate_scale(quality, rng)
+            self.uncertainty_scale_ = self._calibrate_scale(quality)
         else:
             self.uncertainty_scale_ = float(self.uncertainty_scale)
         return self
@@ -317,6 +316,20 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         out: FloatArray = self.uncertainty_scale_ * self._raw_covariance(answered)
         return out
 
+    def set_uncertainty_scale(self, factor: float) -> TrainedQualityEstimator:
+        """Serve ``factor`` times the unscaled covariance from now on; returns self.
+
+        For a factor fitted on validation rows: fit with ``uncertainty_scale=1.0``, call
+        ``routing.fit_uncertainty_scale(self.estimate_source(validation_table), validation_quality)`` and pass
+        its ``scale`` here, so the live estimator (``CalibratedQuality``) serves what the fit chose. Estimate
+        sources built before keep the factor they were built with (they cache scaled covariances).
+        """
+        check_is_fitted(self)
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 <= float(factor) < np.inf:
+            raise ValueError(f"factor must be a finite number >= 0, got {factor!r}")
+        self.uncertainty_scale_ = float(factor)
+        return self
+
     def _raw_covariance(self, answered: BoolArray) -> FloatArray:
         k = len(self.models_)
         mask_bool = np.asarray(answered, dtype=bool).reshape(-1)
@@ -333,45 +346,10 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
             self._cov_cache[key] = cov
         return cov
 
-    def _calibrate_scale(self, quality: FloatArray, rng: np.random.RandomState) -> float:
-        """The factor on the covariance that best predicts what running a pair of models yields.
-
-        For pairs S = {s, t} and states A in {∅, {s}, {t}}, on every training query (cross-fitted):
-        the realised quality of the answer ``select_answer`` would return after running S (the one with
-        the higher estimate given S) versus E[max] of the two current estimates under the scaled
-        covariance (Clark's exact formula, correlated or not as ``uncertainty``). The factor of
-        ``_SCALE_GRID`` with the least mean squared error wins (the smallest on ties).
-        """
-        k = len(self.models_)
-        pairs = [(s_, t_, a) for s_ in range(k) for t_ in range(s_ + 1, k) for a in (-1, s_, t_)]
-        if len(pairs) > _N_CALIBRATION_PAIRS:
-            pairs = [pairs[j] for j in np.sort(rng.choice(len(pairs), _N_CALIBRATION_PAIRS, replace=False))]
-        held: dict[int, FloatArray] = {}
-
-        def held_out(members: list[int]) -> FloatArray:
-            mask = np.zeros(k, dtype=bool)
-            mask[members] = True
-            key = int(_pack(mask[None, :])[0])
-            if key not in held:
-                held[key] = self._held_out(mask)
-            return held[key]
-
-        rows = np.arange(self.n_train_)
-        sq_err = np.zeros(len(_SCALE_GRID))
-        for s_, t_, a in pairs:
-            after = held_out([s_, t_])
-            realized = quality[rows, np.where(after[:, s_] >= after[:, t_], s_, t_)]
-            before_members = [] if a < 0 else [a]
-            now = held_out(before_members)
-            mask = np.zeros(k, dtype=bool)
-            mask[before_members] = True
-            cov = self._raw_covariance(mask)
-            cov12 = cov[s_, t_] if self.uncertainty == "correlated" else 0.0
-            for g, scale in enumerate(_SCALE_GRID):
-                e_max = clark_expected_max(now[:, s_], now[:, t_], scale * cov[s_, s_], scale * cov[t_, t_],
-                                           scale * cov12)
-                sq_err[g] += float(np.mean((e_max - realized) ** 2))
-        return float(_SCALE_GRID[int(np.argmin(sq_err))])
+    def _calibrate_scale(self, quality: FloatArray) -> float:
+        """The factor ``routing.fit_uncertainty_scale`` picks on the cross-fitted training queries: the
+        same criterion as the validation fit that evaluation and calibration apply, on other rows."""
+        return fit_uncertainty_scale(_CrossFittedSource(self), quality).scale
 
     def estimate_source(self, X: QueryModelTable) -> Any:
         """An :class:`~routing.EstimateSource` over the queries of ``X`` (see ``TrainedEstimates``).
@@ -455,6 +433,29 @@ class TrainedQualityEstimator(BaseEstimator):  # type: ignore[misc]
         answered[:, others] = ranks < sizes[:, None]
         answered[:, i] = own
         return rows, answered
+
+class _CrossFittedSource:
+    """The fitted estimator's cross-fitted training predictions as an ``routing.EstimateSource`` (cost 0), with
+    the unscaled covariance: what ``"auto"`` fits its factor on. Every call asks for one answered set for
+    all its rows, as ``fit_uncertainty_scale`` does."""
+
+    def __init__(self, estimator: TrainedQualityEstimator) -> None:
+        self.estimator = estimator
+        self.n_queries = int(estimator.n_train_)
+        self.n_models = len(estimator.models_)
+
+    def estimate(self, rows: IntArray, answered: BoolArray) -> Estimates:
+        mask = np.asarray(answered[0], dtype=bool)
+        if not np.all(answered == mask):
+            raise ValueError("the cross-fitted source answers one answered set for all rows at a time")
+        est = self.estimator
+        n, k = len(rows), self.n_models
+        q = est._held_out(mask)[rows]
+        cov = est._raw_covariance(mask)
+        if est.uncertainty == "correlated":
+            return Estimates(q_mean=q, cost=np.zeros((n, k)), q_cov=np.broadcast_to(cov, (n, k, k)))
+        return Estimates(q_mean=q, cost=np.zeros((n, k)), q_var=np.broadcast_to(np.diag(cov), (n, k)))
+
 
 def _check_table(X: Any, *, min_rows: int, need_responses: bool = True) -> QueryModelTable:
     if not isinstance(X, QueryModelTable):

@@ -1,10 +1,12 @@
 """The paper's RouterBench protocol (algorithm-spec §5.1, §5.4), with the reference's flaws fixed.
 
 Per (model set, noise level, seed): sort models by cost; split 5% validation / 95% test
-(``train_test_split(test_size=0.95, random_state=42)``); draw the estimator noise once for all rows and
-calibrate on the validation rows only (spec §8 item 9); build the budget grid from the test averages
-of the single models (10 per hull segment, §5.4); fit every method at every budget on validation and
-score it on test; AUC ×100 with 500-resample paired bootstrap CIs.
+(``train_test_split(test_size=0.95, random_state=42)``; ``test_size`` sets the share); draw the estimator
+noise once for all rows and calibrate on the validation rows only (spec §8 item 9); fit the factor on the
+estimators' uncertainty on the validation rows (``routing.fit_uncertainty_scale``,
+``docs/uncertainty_scale.md``) and apply it to validation and test estimates; build the budget grid from
+the test averages of the single models (10 per hull segment, §5.4); fit every method at every budget on
+validation and score it on test; AUC ×100 with 500-resample paired bootstrap CIs.
 
 With ``estimators="trained"`` the noise-simulated estimators are replaced by
 :class:`~estimators.trained_quality.TrainedQualityEstimator`, which needs rows of its own. Three
@@ -58,8 +60,10 @@ from routing import (
     OptimalCascade,
     Policy,
     Router,
+    ScaledUncertainty,
     StateMemos,
     ThresholdCascade,
+    fit_uncertainty_scale,
     rollout,
 )
 
@@ -92,12 +96,15 @@ class ProtocolSettings:
     split_seed: int = 42
     test_size: float = 0.95
     per_segment: int = 10
-    max_depth: int = 5  # cascade routing, as the paper on RouterBench
+    max_depth: int | None = 5  # cascade routing, as the paper on RouterBench; None: no limit
     strategy: str = "per_step"
     n_search: int = 24
     n_bootstrap: int = 500
     bootstrap_seed: int = 0
     estimators: str = "simulated"  # "simulated" (noise, spec §5.1) or "trained" (module docstring)
+    # Factor on the estimators' variances in E[max]; None fits it on the validation rows
+    # (routing.fit_uncertainty_scale). A number fixes it (1.0: the variance as the estimator states it).
+    uncertainty_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.estimators not in ESTIMATORS:
@@ -115,6 +122,14 @@ class ProtocolSettings:
             raise ValueError(f"name at least two models to route between, got {list(self.models)}")
         if not 0.0 < self.test_size < 1.0:
             raise ValueError(f"test_size must be in (0, 1), got {self.test_size!r}")
+        if self.max_depth is not None and (isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int)
+                                           or self.max_depth < 1):
+            raise ValueError(f"max_depth must be an int >= 1 or None (no limit), got {self.max_depth!r}")
+        scale = self.uncertainty_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not 0.0 <= scale < float("inf")):
+            raise ValueError(f"uncertainty_scale must be None (fit on validation) or a finite number >= 0, "
+                             f"got {scale!r}")
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -145,11 +160,14 @@ def run_protocol(
     n_jobs: int = 1,
     estimator_table: QueryModelTable | None = None,
     estimator_params: dict[str, Any] | None = None,
+    bootstrap_samples: bool = False,
 ) -> dict[str, Any]:
     """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "settings"}``.
 
     ``auc`` holds AUC ×100 per method plus ``"linear"``; ``ci`` the bootstrap interval of cascade
-    routing (absolute) and of every other method's difference to it (paired, same resamples);
+    routing (absolute) and of every other method's difference to it (paired, same resamples), and with
+    ``bootstrap_samples`` every resample's AUC per method (``samples``: runs that share test rows and
+    resamples, such as the seeds of one setting, then combine into paired CIs of their means);
     ``points`` the (budget, cost, quality) curve per method on the test split.
 
     ``n_jobs`` processes share the work (fits by method, then the test split in two fixed halves);
@@ -167,8 +185,9 @@ def run_protocol(
     quality, cost = np.asarray(table.quality), np.asarray(table.cost)
     val, test = _split(table.n_queries, settings)
     estimates, extra = _estimate_source(table, settings, val, estimator_table, estimator_params, progress)
-    est_val, est_test = estimates.subset(val), estimates.subset(test)
     q_val, c_val, q_test, c_test = quality[val], cost[val], quality[test], cost[test]
+    est_val, scale_record = _scale_uncertainty(estimates.subset(val), q_val, settings)
+    est_test = ScaledUncertainty(estimates.subset(test), est_val.scale)
 
     model_cost, model_quality = single_model_points(q_test, c_test)
     budgets = budget_grid(model_cost, model_quality, per_segment=settings.per_segment)
@@ -183,7 +202,7 @@ def run_protocol(
     test_s = time.perf_counter() - t0
 
     auc, points = _curves(table.models, model_cost, model_quality, budgets, per_query_q, per_query_c, methods)
-    ci = _bootstrap(per_query_q, per_query_c, q_test, c_test, settings, methods)
+    ci = _bootstrap(per_query_q, per_query_c, q_test, c_test, settings, methods, keep_samples=bootstrap_samples)
     record = {
         **asdict(settings),
         "models_used": list(table.models),
@@ -197,6 +216,7 @@ def run_protocol(
             for m in methods
         },
         "cost_unit": f"{table.cost_unit} per query",
+        **scale_record,
         **extra,
         "fit_s": fit_s,
         "test_s": test_s,
@@ -212,6 +232,23 @@ def _split(n_queries: int, settings: ProtocolSettings) -> tuple[NDArray[np.intp]
     if len(val) == 0 or len(test) == 0:
         raise ValueError(f"the split left an empty side ({len(val)} validation, {len(test)} test rows)")
     return val, test
+
+
+def _scale_uncertainty(
+    est_val: _SplittableSource, q_val: FloatArray, settings: ProtocolSettings
+) -> tuple[ScaledUncertainty, dict[str, Any]]:
+    """The validation source with its uncertainty scaled by the factor fitted on the validation rows (or the
+    settings' fixed one), and what the record says about it.
+
+    Only validation estimates and validation ground truth reach the fit, so the test rows cannot move it
+    (``tests/evaluation/test_protocol_uncertainty_scale.py`` poisons them to check).
+    """
+    if settings.uncertainty_scale is not None:
+        return ScaledUncertainty(est_val, float(settings.uncertainty_scale)), {
+            "uncertainty_scale": float(settings.uncertainty_scale), "uncertainty_scale_fit": None}
+    fit = fit_uncertainty_scale(est_val, q_val)
+    return ScaledUncertainty(est_val, fit.scale), {"uncertainty_scale": fit.scale,
+                                                   "uncertainty_scale_fit": fit.as_dict()}
 
 
 def _estimate_source(
@@ -274,14 +311,24 @@ def _trained_source(
             f"{len(shared)} sample_id(s) are both in the evaluation rows and in estimator_table (e.g. "
             f"{sorted(shared)[:3]}): an estimator must never train on a scored query"
         )
+    if "uncertainty_scale" in params:
+        raise ValueError("estimator_params may not set uncertainty_scale: the protocol fits the factor on the "
+                         "validation rows (ProtocolSettings.uncertainty_scale fixes it instead)")
     train = estimator_table.select_models(table.models)
-    estimator = TrainedQualityEstimator(random_state=settings.seed).set_params(**params).fit(train)
+    # The estimator serves its covariance unscaled (factor 1) and the protocol scales it by the factor fitted
+    # on the validation rows, as for every other source. Its own training-time "auto" factor stays the
+    # default for standalone use (no validation rows at hand); applying both would compound two fits of the
+    # same quantity. The validation rows win because they are what the multipliers are fitted on and come
+    # from the distribution being served, while the "auto" fit reads cross-fitted training predictions,
+    # whose models saw fewer rows than the final one.
+    estimator = (TrainedQualityEstimator(random_state=settings.seed).set_params(**params, uncertainty_scale=1.0)
+                 .fit(train))
     info = {
         "estimator_rows": "estimator_table (RouterBench: *_train.csv rows whose sample_id is in no *_test.csv); "
         "validation and test split the other rows (*_test.csv); no sample_id in both",
         "n_estimator_training": int(train.n_queries),
-        "estimator_params": {k: v for k, v in estimator.get_params().items() if k != "random_state"},
-        "uncertainty_scale_fitted": estimator.uncertainty_scale_,
+        "estimator_params": {k: v for k, v in estimator.get_params().items()
+                             if k not in ("random_state", "uncertainty_scale")},
     }
     return estimator.estimate_source(table), info
 
@@ -293,6 +340,8 @@ def _bootstrap(
     c_test: FloatArray,
     settings: ProtocolSettings,
     methods: tuple[str, ...],
+    *,
+    keep_samples: bool = False,
 ) -> dict[str, Any]:
     """Paired bootstrap: every method sees the same resamples, so differences have tight CIs."""
     if settings.n_bootstrap <= 0:
@@ -313,6 +362,8 @@ def _bootstrap(
         }
     out["n_resamples"] = settings.n_bootstrap
     out["seed"] = settings.bootstrap_seed
+    if keep_samples:
+        out["samples"] = {m: np.round(v, 4).tolist() for m, v in samples.items()}
     return out
 
 

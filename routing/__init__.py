@@ -21,12 +21,19 @@ from routing._simulate import Rollout, rollout
 from routing._state_quality import StateMemos
 from routing._supermodel_search import Decision, search_supermodel
 from routing._threshold_cascade import ThresholdCascade
+from routing._uncertainty_scale import (
+    DEFAULT_SCALE_GRID,
+    ScaledUncertainty,
+    UncertaintyScaleFit,
+    fit_uncertainty_scale,
+)
 
 __all__ = [
     "API_POLICY_NAMES",
     "BudgetUnreachableError",
     "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
+    "DEFAULT_SCALE_GRID",
     "Decision",
     "EstimateSource",
     "Estimates",
@@ -36,15 +43,18 @@ __all__ = [
     "Policy",
     "Rollout",
     "Router",
+    "ScaledUncertainty",
     "StateMemos",
     "TableEstimates",
     "ThresholdCascade",
+    "UncertaintyScaleFit",
     "check_is_fitted",
     "clark_expected_max",
     "constant_lambda_policy",
     "core_policy_name",
     "expected_max",
     "fit_lambdas",
+    "fit_uncertainty_scale",
     "rollout",
     "search_supermodel",
 ]

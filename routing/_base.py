@@ -19,7 +19,7 @@ from routing._simulate import rollout, validate_ground_truth
 from routing._state_quality import StateMemos
 from routing._supermodel_search import Decision
 
-__all__ = ["NotFittedError", "Policy", "check_is_fitted"]
+__all__ = ["NotFittedError", "Policy", "check_is_fitted", "check_max_depth"]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -37,6 +37,17 @@ def check_is_fitted(policy: object) -> None:
             f"This {type(policy).__name__} instance is not fitted yet. Call 'fit' with a budget, "
             "or build it with 'from_lambdas'."
         )
+
+
+def check_max_depth(max_depth: object) -> None:
+    """Raise ``ValueError`` unless ``max_depth`` is None (no limit) or an int >= 1.
+
+    A depth of 0 would let a policy stop before any model answered, which no policy can (spec §8 item 1).
+    """
+    if max_depth is None:
+        return
+    if isinstance(max_depth, bool) or not isinstance(max_depth, (int, np.integer)) or max_depth < 1:
+        raise ValueError(f"max_depth must be None (no limit) or an int >= 1, got {max_depth!r}")
 
 
 class Policy(ABC):
@@ -68,6 +79,8 @@ class Policy(ABC):
         for key, value in params.items():
             if key not in valid:
                 raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}")
+            if key == "max_depth":
+                check_max_depth(value)
             setattr(self, key, value)
         return self
 

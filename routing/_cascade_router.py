@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from routing._base import Policy
+from routing._base import Policy, check_max_depth
 from routing._estimates import Estimates
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._lambda_search import Strategy
@@ -168,8 +168,8 @@ class CascadeRouter(_SupermodelPolicy):
     ----------
     max_expected_cost : float, optional
         Budget: average cost per query on the validation set. Needed by ``fit``.
-    max_depth : int, optional
-        At most this many models per query (the paper uses 5 on RouterBench).
+    max_depth : int >= 1 or None
+        At most this many models per query; None (the default): no limit.
     force_order : bool
         Only models above the most expensive one run so far may be added.
     greedy : bool
@@ -213,6 +213,7 @@ class CascadeRouter(_SupermodelPolicy):
         n_qmc_points: int = DEFAULT_QMC_POINTS,
         seed: int = 0,
     ) -> None:
+        check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
         self.max_depth = max_depth
         self.force_order = force_order
@@ -261,6 +262,7 @@ class OptimalCascade(_SupermodelPolicy):
         n_qmc_points: int = DEFAULT_QMC_POINTS,
         seed: int = 0,
     ) -> None:
+        check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
         self.max_depth = max_depth
         self.strategy = strategy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from routing._base import Policy
+from routing._base import Policy, check_max_depth
 from routing._estimates import Estimates
 from routing._lambda_search import Strategy
 from routing._state_quality import StateMemos
@@ -29,8 +29,8 @@ class ThresholdCascade(Policy):
     ----------
     max_expected_cost : float, optional
         Budget: average cost per query on the validation set.
-    max_depth : int, optional
-        At most this many models per query (default: all).
+    max_depth : int >= 1 or None
+        At most this many models per query; None (the default): no limit.
     strategy : {"per_step", "constant"}
         One threshold for every step, or per-step thresholds refined by a seeded search.
     n_search : int
@@ -56,6 +56,7 @@ class ThresholdCascade(Policy):
         n_search: int = 24,
         seed: int = 0,
     ) -> None:
+        check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
         self.max_depth = max_depth
         self.strategy = strategy

@@ -148,9 +148,11 @@ def test_a_run_reports_its_steps_in_order_and_saves_what_it_returns(fake_fleet: 
     assert reporter.events == [
         ("start", "replay 40 prompts x 2 models"), ("start", "grade answers"),
         ("note", "fitting the quality estimators and the cost model ..."),
-        ("note", "lambda curves on the validation prompts ..."),
+        ("note", f"uncertainty scale {summary['uncertainty_scale']:g}, fitted on 8 validation prompts; "
+                 "lambda curves ..."),
         ("note", "Pareto report on the held-out test prompts ..."),
     ]
+    assert summary["uncertainty_scale"] >= 0
     assert reporter.progress_of == {"replay 40 prompts x 2 models": (80, 80), "grade answers": (80, 80)}
     assert fake_fleet.requests == 80
     assert summary["models"] == ["tiny-small", "tiny-large"]  # cost order, measured

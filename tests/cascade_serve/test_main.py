@@ -121,3 +121,54 @@ def test_health_summary_names_every_model_state_and_the_cost_model() -> None:
     assert health_summary(body) == "tiny-small ready, tiny-large starting; cost model settling"
     assert health_summary({}) == ""
 
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-depth", "0"], "argument --max-depth: expected an int >= 1 or 'none'"),
+        (["--max-depth", "-3"], "argument --max-depth: expected an int >= 1 or 'none'"),
+        (["--max-depth", "deep"], "argument --max-depth: expected an int >= 1 or 'none'"),
+        (["--test-size", "1"], "argument --test-size: expected a number in (0, 1)"),
+        (["--test-size", "0"], "argument --test-size: expected a number in (0, 1)"),
+        (["--uncertainty-scale", "-1"], "argument --uncertainty-scale: expected 'fit' or a finite number >= 0"),
+        (["--uncertainty-scale", "lots"], "argument --uncertainty-scale: expected 'fit' or a number >= 0"),
+    ],
+)
+def test_eval_routerbench_bad_flags_are_argparse_errors(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused while parsing (usage and one error line, exit 2), before any data is read."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "routerbench", "--data", str(FIXTURE), *args, "--quiet"])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_routerbench_flags_reach_the_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--test-size, --max-depth none and a fixed --uncertainty-scale are what the record says; without
+    --models, --data means every model of the file; tables are named by the data, not RouterBench."""
+    out = tmp_path / "flags.json"
+    rc = main(["eval", "routerbench", "--data", str(FIXTURE), "--test-size", "0.5", "--max-depth", "none",
+               "--uncertainty-scale", "0.3", "--json", str(out), *FAST])
+    assert rc == 0
+    s = json.loads(out.read_text())["settings"]
+    assert s["test_size"] == 0.5 and s["max_depth"] is None and s["uncertainty_scale"] == 0.3
+    assert len(s["models_used"]) == 11  # every model of the fixture's files
+    assert abs(s["n_validation"] - s["n_test"]) <= 1
+    printed = capsys.readouterr().out
+    assert "routerbench_tiny, 11 models" in printed and "RouterBench" not in printed
+    assert "uncertainty scale 0.3 (fixed by --uncertainty-scale)" in printed
+    assert "USD per query" in printed
+
+
+def test_eval_routerbench_cr_cell_is_the_interval_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The AUC column holds the point AUC; the CI column holds only an interval (no second AUC)."""
+    out = tmp_path / "cell.json"
+    assert main(["eval", "routerbench", "--data", str(FIXTURE), "--models", "3", "--json", str(out), *FAST]) == 0
+    result = json.loads(out.read_text())
+    row = next(line for line in capsys.readouterr().out.splitlines() if "cascade_routing" in line)
+    ci = result["ci"]["cascade_routing"]
+    assert f"{result['auc']['cascade_routing']:.2f}" in row
+    assert f"[{ci['low']:.2f}, {ci['high']:.2f}]" in row
+    assert row.count(".") == 3  # the AUC and the two ends of the interval

@@ -24,7 +24,7 @@ from estimators.trained_estimates import TrainedEstimates
 from estimators.trained_quality import TrainedQualityEstimator
 from evaluation.protocol import ProtocolSettings, run_protocol
 from evaluation.routerbench import MODEL_SETS, load_routerbench, split_by_file
-from routing import Estimates, EstimateSource
+from routing import DEFAULT_SCALE_GRID, Estimates, EstimateSource
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "routerbench_tiny"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "routerbench"
@@ -231,7 +231,7 @@ def test_fit_returns_self_keeps_params_and_sets_fitted_attributes(
     assert est.models_ == train.models and est.tasks_ == ("arc-challenge",)
     assert est.post_coef_.shape[:3] == (3, 2, 3)  # (models, ran or not, size buckets = min(5, 3))
     assert np.bincount(est.fold_of_).tolist() == [80, 80, 80]
-    assert est.uncertainty_scale_ in trained_quality._SCALE_GRID
+    assert est.uncertainty_scale_ in DEFAULT_SCALE_GRID
 
 
 def test_unfitted_estimator_raises() -> None:
@@ -482,7 +482,10 @@ def test_protocol_trains_estimators_only_on_rows_it_never_scores(
     s = result["settings"]
     assert s["estimators"] == "trained" and s["noise"] is None
     assert s["n_estimator_training"] == train.n_queries
-    assert s["uncertainty_scale_fitted"] in trained_quality._SCALE_GRID
+    # The estimator serves its unscaled covariance; the protocol's validation fit sets the factor.
+    assert s["uncertainty_scale"] in DEFAULT_SCALE_GRID
+    assert s["uncertainty_scale_fit"]["n_rows"] == s["n_validation"]
+    assert "uncertainty_scale" not in s["estimator_params"]
     assert s["estimator_params"]["n_shape_features"] == 2**6
     assert s["n_validation"] + s["n_test"] == test.n_queries
 
@@ -537,3 +540,23 @@ def test_real_data_post_hoc_beats_ex_ante_and_the_uncertainty_is_calibrated_down
     assert np.all(brier_post < brier_ante)
     assert np.all(brier_ante < np.mean((q - q.mean(axis=0)) ** 2, axis=0) + 0.005)  # no worse than base rates
     assert est.uncertainty_scale_ < 1.0
+
+
+def test_auto_scale_and_a_validation_fitted_factor_share_one_criterion(
+    tiny: tuple[QueryModelTable, QueryModelTable],
+) -> None:
+    """"auto" is routing.fit_uncertainty_scale on the cross-fitted training queries; a factor fitted on
+    validation rows of the unscaled source is then served by set_uncertainty_scale."""
+    from routing import fit_uncertainty_scale
+
+    train, test = tiny
+    raw = TrainedQualityEstimator(random_state=0, uncertainty_scale=1.0, **FAST_ESTIMATOR).fit(train)
+    auto = TrainedQualityEstimator(random_state=0, **FAST_ESTIMATOR).fit(train)
+    assert auto.uncertainty_scale_ == raw._calibrate_scale(np.asarray(train.quality))
+    fit = fit_uncertainty_scale(raw.estimate_source(test), np.asarray(test.quality))
+    answered = np.zeros(raw.post_coef_.shape[0], dtype=bool)
+    unscaled = raw.subset_covariance(answered)
+    assert raw.set_uncertainty_scale(fit.scale) is raw
+    assert np.allclose(raw.subset_covariance(answered), fit.scale * unscaled)
+    with pytest.raises(ValueError, match="factor must be"):
+        raw.set_uncertainty_scale(-1.0)

@@ -531,3 +531,19 @@ def test_a_budget_the_estimates_cannot_reach_says_what_they_reach(policy_class: 
     assert err.value.cheapest_cost == pytest.approx(1.02)
     fitted = policy_class(max_expected_cost=err.value.cheapest_cost).fit(table, quality, cost)
     assert fitted.fit_cost_ == pytest.approx(1.02)
+
+
+@pytest.mark.parametrize("cls", [CascadeRouter, OptimalCascade, ThresholdCascade])
+@pytest.mark.parametrize("depth", [0, -1, 1.5, True, "3"])
+def test_invalid_max_depth_is_refused_by_name(cls: type, depth: object) -> None:
+    """A depth below 1 would let a policy stop before any answer; the constructor and set_params say so."""
+    with pytest.raises(ValueError, match="max_depth must be None"):
+        cls(max_depth=depth)
+    with pytest.raises(ValueError, match="max_depth must be None"):
+        cls().set_params(max_depth=depth)
+
+
+@pytest.mark.parametrize("cls", [CascadeRouter, OptimalCascade, ThresholdCascade])
+def test_max_depth_none_means_no_limit(cls: type) -> None:
+    assert cls(max_depth=None).n_steps(7) == 7
+    assert cls(max_depth=np.int64(2)).n_steps(7) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scripts import bench_cost_floor, bench_routing, eval_routerbench_all
@@ -27,14 +28,39 @@ def test_bench_routing_writes_the_documented_json(tmp_path: Path) -> None:
 
 
 def test_eval_routerbench_all_writes_summary(tmp_path: Path) -> None:
-    rc = eval_routerbench_all.main(
-        ["--data", str(FIXTURE), "--models", "3", "--noise", "low", "--out", str(tmp_path)]
-    )
-    assert rc == 0
+    """Per-run JSON and PNG under test<size>/, seed means with paired CIs, and a rerun reads runs back."""
+    argv = ["--data", str(FIXTURE), "--models", "3", "--noise", "low", "--seeds", "0-1", "--test-sizes", "0.5",
+            "--bootstrap", "20", "--per-segment", "2", "--jobs", "1", "--out", str(tmp_path)]
+    assert eval_routerbench_all.main(argv) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"3_low"}
-    assert "cascade_routing" in (tmp_path / "summary.md").read_text()
-    assert (tmp_path / "3_low.png").exists()
+    assert set(summary) == {"0.5"} and set(summary["0.5"]) == {"3_low"}
+    s = summary["0.5"]["3_low"]
+    assert s["seeds"] == [0, 1] and len(s["uncertainty_scales"]) == 2
+    ci = s["cr_minus_routing_ci"]
+    assert ci["low"] <= ci["high"]
+    assert "cascade routing" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "test0.5" / "3_low_s1.png").exists()
+    # Runs on disk are read back, not recomputed.
+    (tmp_path / "test0.5" / "3_low_s1.png").unlink()
+    assert eval_routerbench_all.main(argv) == 0
+    assert not (tmp_path / "test0.5" / "3_low_s1.png").exists()
+
+
+def test_seed_mean_ci_averages_each_resample_over_seeds() -> None:
+    def run(seed: int, cr: list[float], rout: list[float]) -> dict[str, object]:
+        auc = {"linear": 80.0, "routing": float(np.mean(rout)), "cascade_routing": float(np.mean(cr))}
+        diff = {"low": min(rout) - max(cr), "high": max(rout) - min(cr), "mean": 0.0}
+        return {"auc": auc, "settings": {"seed": seed, "uncertainty_scale": 0.1, "total_s": 1.0},
+                "ci": {"diff_vs_cascade_routing": {"routing": diff},
+                       "samples": {"routing": rout, "cascade_routing": cr}}}
+
+    s = eval_routerbench_all.seed_mean_summary([run(0, [91.0, 92.0, 93.0], [90.0, 90.0, 90.0]),
+                                                run(1, [89.0, 90.0, 91.0], [90.0, 90.0, 90.0])])
+    assert s["cr_minus_routing"] == pytest.approx(1.0)
+    # Resample b's seed-mean difference is mean(cr_b) - mean(rout_b): 0, 1, 2.
+    assert s["cr_minus_routing_ci"]["low"] == pytest.approx(0.05)
+    assert s["cr_minus_routing_ci"]["high"] == pytest.approx(1.95)
+    assert s["cascade_routing_first"]
 
 
 def _result(diff_low: float, diff_high: float) -> dict[str, object]:
