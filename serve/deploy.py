@@ -45,12 +45,16 @@ ENGINE_ENV = {
 # exporter (unauthenticated) and the other per-node servers listen on 127.0.0.1, not on every interface.
 # Ray reads it when it picks a node's address; Ray names it for Windows and macOS, where it is off by
 # default, but it holds on Linux too. Only for clusters this command starts itself: a multi-node
-# cluster is started with `ray start` by its operator, who passes --address.
+# cluster is started with `ray start` by its operator, who passes --address. A driver joining such a
+# cluster needs the switch too (Ray would otherwise turn the recorded 127.0.0.1 into the machine's
+# address): ``connect`` sets it for a loopback address, and Ray's own CLI needs it in its environment.
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def init_single_machine(**init_kwargs: Any) -> None:
-    """``ray.init`` of a new one-machine Ray inside this process, its servers on the loopback address.
+    """``ray.init`` on one machine: a new Ray inside this process, or a driver joining a local
+    one-machine cluster (``address`` on the loopback), its servers on the loopback address.
 
     Ray reads the switch into a module constant when it is first imported, which may be before this
     call (a test session, a script): the constant is set for the start and restored after.
@@ -66,19 +70,32 @@ def init_single_machine(**init_kwargs: Any) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
+def _join(address: str) -> None:
+    """Join the cluster at ``address`` (``auto``: the local one Ray recorded) as a driver."""
+    import ray
+    from ray._private.services import get_ray_address_from_environment
+
+    recorded = get_ray_address_from_environment(address, None) if address == "auto" else address
+    host = (recorded or "").rpartition(":")[0].strip("[]")
+    if host in _LOOPBACK:
+        # The address as given: Ray finds the local cluster's token itself only for "auto".
+        init_single_machine(address=address, logging_level="warning", log_to_driver=False)
+    else:
+        ray.init(address=address, logging_level="warning", log_to_driver=False)
+
+
 def connect(address: str | None, *, start_local: bool, num_cpus: int | None = None) -> str:
     """Connect this process to Ray; returns how (``"existing"``, ``"started"`` or ``"in-process"``).
 
     ``start_local``: with no cluster at ``address``/``RAY_ADDRESS``, start a head node with ``ray
     start`` (it outlives this process); without it, start Ray inside this process (the demo).
     """
-    import ray
 
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
     target = address or os.environ.get("RAY_ADDRESS")
     if target or _local_cluster_running():
-        ray.init(address=target or "auto", logging_level="warning", log_to_driver=False)
+        _join(target or "auto")
         return "existing"
     if start_local:
         ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
@@ -89,7 +106,7 @@ def connect(address: str | None, *, start_local: bool, num_cpus: int | None = No
                               env={**os.environ, **SINGLE_MACHINE_ENV})
         if done.returncode != 0:
             raise RuntimeError(f"`ray start --head` failed: {done.stderr.strip()[-500:]}")
-        ray.init(address="auto", logging_level="warning", log_to_driver=False)
+        _join("auto")
         return "started"
     init_single_machine(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", log_to_driver=False)
     return "in-process"
