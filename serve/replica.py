@@ -128,6 +128,11 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
                 # LLMServer batches stream chunks into lists; a single object is an error response.
                 if isinstance(batch, list):
                     for line in batch:
+                        if not isinstance(line, str):  # the engine's ErrorResponse, inside a batch
+                            answer = _cleaned(line.model_dump(mode="json", exclude_none=True))
+                            # Before the first line the caller answers with the status; after it, an event.
+                            yield (f"data: {json.dumps(answer)}\n\n" if started else answer)  # type: ignore[misc]
+                            return
                         started = True
                         yield line
                 elif hasattr(batch, "model_dump"):
