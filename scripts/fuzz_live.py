@@ -467,13 +467,22 @@ def main(argv: list[str] | None = None) -> int:
     with LoggedProgress(console=console) as bar:
         task = bar.add_task("generated requests", total=args.requests)
 
+        seen: list[Tally] = []  # the campaign's tally, kept for a run stopped with Ctrl-C
+
         def on_answer(tally: Tally) -> None:
+            seen[:] = [tally]
             bad = sum(tally.violations.values())
             bar.update(task, advance=1, description=f"generated requests ({bad} violations)" if bad else None)
 
-        tally = asyncio.run(campaign(stream, concurrency=args.concurrency, timeout_s=args.timeout_s,
-                                     on_answer=on_answer))
-    result = {**tally.as_dict(), "wall_s": round(time.perf_counter() - started, 1),
+        interrupted = False
+        try:
+            tally = asyncio.run(campaign(stream, concurrency=args.concurrency, timeout_s=args.timeout_s,
+                                         on_answer=on_answer))
+        except KeyboardInterrupt:  # a long campaign stopped by hand still reports what it saw
+            if not seen:
+                raise
+            tally, interrupted = seen[0], True
+    result = {**tally.as_dict(), "interrupted": interrupted, "wall_s": round(time.perf_counter() - started, 1),
               "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                               if k != "api_key"}, "models": list(adjust.models), "route_shares": ROUTE_SHARES}}
     _report(result)
