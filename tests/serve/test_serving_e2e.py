@@ -36,7 +36,7 @@ def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
     from ray import serve
 
     from cluster.config import FleetConfig
-    from serve.deploy import ENGINE_ENV, deploy, wait_ready
+    from serve.deploy import ENGINE_ENV, deploy, init_single_machine, wait_ready
 
     data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
     for entry in data["models"]:
@@ -49,7 +49,8 @@ def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
     port = _free_port()
     # A private Ray, even when the machine already runs a cluster (a developer's fleet): the tests
     # must neither fail on it nor deploy onto it.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    init_single_machine(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+                        log_to_driver=False)
     try:
         deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
         url = f"http://127.0.0.1:{port}"
@@ -209,6 +210,10 @@ def test_bad_requests_get_openai_errors(fleet_url: str, client: Any) -> None:
 # Inputs that vLLM rejects by raising, not by answering an error (reliability issue, findings 1 and 6).
 HOSTILE = {
     "tool_choice of the wrong type": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], "tool_choice": 5}',
+    # With tools: without them vLLM stops at "tools must be set" and never looks at the type.
+    "tool_choice of the wrong type, tools given": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
+                                                  b'"tool_choice": 5, "tools": [{"type": "function", "function": '
+                                                  b'{"name": "f", "parameters": {"type": "object"}}}]}',
     "tool_choice without tools": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
                                  b'"tool_choice": "required"}',
     "a lone surrogate": b'{"MODEL": 1, "messages": [{"role": "user", "content": "\\ud800x"}]}',
@@ -239,6 +244,25 @@ def test_hostile_inputs_are_400s_and_leave_every_replica_in_the_cascade(fleet_ur
                                             extra_body={"cascade": {"lambda": 0.0}})
     stages = (victim.model_extra or {})["cascade"]["stages"]
     assert stages and all(s["decision"] != "error" for s in stages), stages
+
+
+def test_an_attacker_with_the_victims_key_leaves_the_victim_served(fleet_url: str) -> None:
+    """Reliability issue: for 8 s an attacker holding the victim's own key sends 20 invalid requests a
+    second (``scripts/bench_load.py``'s ``HOSTILE``: the inputs above, bad ``max_tokens``, unknown fields,
+    deep nesting; to each model and to the cascade) beside one client of the cascade. Every victim
+    request is answered, every attacker request is a 4xx, and ``/health`` has every model ready at each
+    poll (every 0.25 s). Before the fix, vLLM raising on a ``tool_choice`` of the wrong type or a lone
+    surrogate counted as a failed replica: the attacker got 5xx, the model left the cascade and
+    ``/health`` said so."""
+    import asyncio
+
+    from scripts.bench_load import attack_phase
+
+    run = asyncio.run(attack_phase(fleet_url, api_key=API_KEY, rate_per_s=20, seconds=8, max_tokens=4))
+    attacker, victim, health = run["attacker"], run["victim"], run["health"]
+    assert attacker["sent"] == 160 and attacker["all_4xx"], (attacker["statuses"], attacker["not_4xx"][:5])
+    assert victim["requests"] >= 3 and victim["success_rate"] == 1.0, victim
+    assert health["always_ready"] and health["polls"] >= 10, health["lapses"]
 
 
 def test_the_request_id_is_answered_once(fleet_url: str) -> None:
@@ -533,6 +557,26 @@ def test_overload_is_shed_at_once_and_oversized_bodies_refused(fleet_url: str, t
         assert r.status_code == 413 and r.json()["error"]["code"] == 413
         r = httpx.get(f"{fleet_url}/v1/nothing", timeout=30)
         assert r.status_code == 404 and r.json()["error"]["code"] == 404  # unknown paths: an envelope too
+
+        # A stream holds its place until its last line: two open streams fill max_in_flight (2).
+        stream_body = {"model": "tiny-large", "messages": CHAT, "max_tokens": 400, "ignore_eos": True,
+                       "temperature": 0.0, "stream": True}
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.Client(base_url=fleet_url, timeout=60, headers=auth) as http, \
+                http.stream("POST", "/v1/chat/completions", json=stream_body) as first, \
+                http.stream("POST", "/v1/chat/completions", json=stream_body) as second:
+            assert first.status_code == 200 and second.status_code == 200
+            # Held, not dropped: a line iterator that is garbage-collected closes its response.
+            lines = [first.iter_lines(), second.iter_lines()]
+            for stream_lines in lines:
+                next(stream_lines)
+            r = _post(fleet_url, "/v1/chat/completions", {"model": "tiny-small", "messages": CHAT, "max_tokens": 4})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+        deadline = time.monotonic() + 30  # the streams were closed: their places come back
+        while _post(fleet_url, "/v1/chat/completions", {"model": "tiny-small", "messages": CHAT,
+                                                         "max_tokens": 4}).status_code != 200:
+            assert time.monotonic() < deadline, "the closed streams still hold their places"
+            time.sleep(0.5)
         assert _model_replica_actors() == engines
     finally:
         deploy(fleet, host="127.0.0.1", port=port, api_keys=[API_KEY])
@@ -561,6 +605,77 @@ def test_redeploying_an_unchanged_file_keeps_the_running_controller(fleet_url: s
            api_keys=[API_KEY])
     wait_ready(fleet_url, 600)
     assert controllers() == before
+
+
+def test_a_single_machine_ray_listens_for_metrics_on_loopback_only(fleet_url: str) -> None:
+    """Reliability issue, finding 9: on a one-machine fleet Ray's metrics exporter (no authentication)
+    listened on every interface. The fixture starts Ray as `cascade up` and the demo do
+    (``serve.deploy.init_single_machine``): the exporter's port is bound to 127.0.0.1 alone."""
+    import psutil  # type: ignore[import-untyped]
+    import ray
+
+    [node] = [n for n in ray.nodes() if n["Alive"]]
+    port = node["MetricsExportPort"]
+    listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}, (port, listening)
+
+
+def test_a_fleet_the_cluster_cannot_place_is_refused_and_the_running_one_kept(fleet_url: str) -> None:
+    """Reliability issue, finding 8: `cascade up` of a file needing GPUs the cluster lacks hung past its
+    timeout and meanwhile stopped the running replica of that model. Now the GPU fleet file is refused
+    within seconds, one line per model, before Serve is touched: the CPU fleet keeps its replicas and
+    keeps answering."""
+    import time
+
+    import httpx
+
+    from cluster.config import FleetConfig
+    from serve.deploy import PlacementError, deploy
+
+    gpu_fleet = FleetConfig.from_file(REPO / "models.yaml")
+    engines = _model_replica_actors()
+    t0 = time.monotonic()
+    with pytest.raises(PlacementError) as refused:
+        deploy(gpu_fleet, host="127.0.0.1", port=int(fleet_url.rsplit(":", 1)[1]), api_keys=[API_KEY],
+               timeout_s=120)
+    assert time.monotonic() - t0 < 30
+    problems = refused.value.problems
+    assert [p.split(":")[0] for p in problems] == list(gpu_fleet.model_ids), problems
+    assert all("GPU" in p and "the largest node offers" in p for p in problems), problems
+    assert _model_replica_actors() == engines
+    health = httpx.get(f"{fleet_url}/health", timeout=30).json()
+    assert set(health["models"].values()) == {"ready"}, health
+
+
+def test_a_request_timeout_ends_the_cascade_with_a_503_and_keeps_the_models(fleet_url: str) -> None:
+    """A request's own timeout (``request_timeout_s``, tightened per request) cuts its stage: 503 with
+    Retry-After, and the model whose stage it cut stays in the cascade (slow is not dead)."""
+    import httpx
+
+    body = {"model": "cascade", "messages": CHAT, "max_tokens": 64,
+            "cascade": {"lambda": 0.0, "request_timeout_s": 0.001}}
+    r = _post(fleet_url, "/v1/chat/completions", body)
+    assert r.status_code == 503 and "within the request timeout" in r.json()["error"]["message"], r.text
+    assert r.headers["retry-after"]
+    body["cascade"] = {"lambda": 0.0}
+    assert _post(fleet_url, "/v1/chat/completions", body).status_code == 200
+    health = httpx.get(f"{fleet_url}/health", timeout=30).json()
+    assert set(health["models"].values()) == {"ready"}, health
+
+
+def _controller_log() -> str:
+    """What the controller's replica wrote to its stderr (Ray keeps it as ``worker-*-<pid>.err``)."""
+    import glob
+
+    import psutil  # type: ignore[import-untyped]
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    pids = [p.pid for p in psutil.process_iter(["cmdline"])
+            if "ServeReplica:cascade:CascadeController" in " ".join(p.info["cmdline"] or [])]
+    return "".join(Path(path).read_text(errors="replace")
+                   for pid in pids for path in glob.glob(f"{session}/logs/worker-*-{pid}.err"))
 
 
 def _model_replica_actors() -> list[str]:
@@ -629,6 +744,10 @@ def test_zz_killed_replica_leaves_the_cascade_at_once_and_returns(fleet_url: str
     while httpx.get(f"{fleet_url}/health", timeout=10).json()["models"][first] == "ready":
         assert time.monotonic() - killed < 5.0, "/health still says the killed replica is ready after 5 s"
         time.sleep(0.2)
+    # The controller said so in its log at once, not in a buffer that dies with it (finding 7).
+    warned = [line for line in _controller_log().splitlines()
+              if "WARNING cascade_serve.controller" in line and first in line]
+    assert warned, _controller_log()[-2000:]
     for _ in range(3):
         t0 = time.monotonic()
         reply = client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=8, extra_body=extra)
