@@ -118,14 +118,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
     mo = sub.add_parser("models", help="the embedded CPU fleet's tiny models")
     mo_sub = mo.add_subparsers(dest="models_command", required=True)
-    mb = mo_sub.add_parser("build", help="build the tiny Qwen2 models of models.cpu.yaml, or with --toy train the toy "
-                           "fleet of models.toy.yaml (deterministic, cached)")
-    mb.add_argument("--toy", action="store_true", help="the toy fleet: four tiny models trained to add integers")
-    mb.add_argument("--out", type=Path, default=None, help="folder (default .cache/tiny, or .cache/toy with --toy)")
+    mb = mo_sub.add_parser("build", help="build the tiny Qwen2 models of models.cpu.yaml, or with --toy (--recall) "
+                           "train the fleet of models.toy.yaml (models.recall.yaml) (deterministic, cached)")
+    fleet_kind = mb.add_mutually_exclusive_group()
+    fleet_kind.add_argument("--toy", action="store_true",
+                            help="the toy fleet: four tiny models trained to add integers")
+    fleet_kind.add_argument("--recall", action="store_true",
+                            help="the recall fleet: three tiny models trained to recall birth years, each knowing "
+                                 "more of them (what a model knows does not show in the question)")
+    mb.add_argument("--out", type=Path, default=None,
+                    help="folder (default .cache/tiny, .cache/toy with --toy, .cache/recall with --recall)")
     mb.add_argument("--eval", type=int, default=0,
-                    help="with --toy: held-out prompts to evaluate each model on (default 0 = none)")
-    mb.add_argument("--seed", type=int, default=0, help="with --toy: seed of the held-out prompts (default 0)")
-    mb.add_argument("--jobs", type=int, default=2, help="with --toy: models trained at once, one core each (default 2)")
+                    help="with --toy or --recall: held-out prompts to evaluate each model on (default 0 = none)")
+    mb.add_argument("--seed", type=int, default=0,
+                    help="with --toy or --recall: seed of the held-out prompts (default 0)")
+    mb.add_argument("--jobs", type=int, default=2,
+                    help="with --toy or --recall: models trained at once, one core each (default 2)")
 
     va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
     va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
@@ -322,8 +330,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _build_models(args: argparse.Namespace) -> int:
     from cascade_serve.models import build_models
 
-    if not args.toy and (args.eval or args.seed):
-        raise ValueError("--eval and --seed apply to --toy only (the tiny models are random, nothing to evaluate)")
+    if not (args.toy or args.recall) and (args.eval or args.seed):
+        raise ValueError("--eval and --seed apply to --toy only, or --recall (the tiny models are random, nothing "
+                         "to evaluate)")
     return build_models(args)
 
 

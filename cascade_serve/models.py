@@ -1,5 +1,5 @@
-"""``cascade models build [--toy]``: build the CPU fleets' models locally, and report the toy fleet's
-held-out accuracy."""
+"""``cascade models build [--toy | --recall]``: build the CPU fleets' models locally, and report the
+trained fleets' held-out accuracy."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ __all__ = ["build_models", "logprob_auc"]
 
 
 def build_models(args: argparse.Namespace) -> int:
-    """The tiny (random) fleet of ``models.cpu.yaml``, or with ``--toy`` the trained toy fleet."""
+    """The tiny (random) fleet of ``models.cpu.yaml``, with ``--toy`` the trained addition fleet, with
+    ``--recall`` the trained recall fleet."""
+    if getattr(args, "recall", False):
+        return _build_recall(args)
     return _build_toy(args) if args.toy else _build_tiny(args)
 
 
@@ -64,6 +67,53 @@ def _build_toy(args: argparse.Namespace) -> int:
         tokens = np.mean([len(r["token_logprobs"]) for r in res])
         table.add_row(name, f"{toy_build_info(path)['train_s']:.0f}", f"{np.mean(ok):.1%}",
                       *(f"{a:.0%}" for a in by_task), f"{tokens:.1f}", f"{logprob_auc(conf, ok):.3f}")
+    Console().print(table)
+    return 0
+
+
+def _build_recall(args: argparse.Namespace) -> int:
+    """Build the recall fleet, then report accuracy (overall and by popularity), answer tokens and
+    logprob AUC per model on evaluation-split questions (bfloat16)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from calibration.graders import numeric_match
+    from cascade_serve.progress import LoggedProgress
+    from toymodels.recall_fleet import (
+        build_recall_fleet,
+        evaluate_recall_model,
+        question_key,
+        recall_build_info,
+        recall_prompts,
+        recall_table,
+    )
+
+    out = args.out or Path(".cache/recall")
+    start = time.perf_counter()
+    with LoggedProgress(TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True)) as bar:
+        paths = build_recall_fleet(out, progress=bar, jobs=args.jobs)
+    Console(stderr=True).print(f"fleet ready in {time.perf_counter() - start:.0f} s (wall; 0 when cached)")
+    if args.eval <= 0:
+        return 0
+    rows = recall_prompts(args.eval, args.seed, split="evaluation")
+    popularity = np.array([recall_table().popularity[question_key(r["messages"][0]["content"])] for r in rows])
+    quartile = np.digitize(popularity, np.quantile(popularity, [0.25, 0.5, 0.75]))
+    table = Table(title=f"recall fleet: {args.eval} evaluation-split questions (seed {args.seed}), bfloat16, greedy")
+    for col in ("model", "train CPU s", "accuracy", "by popularity, rare to frequent", "answer tokens",
+                "AUC exp(mean lp)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, path in paths.items():
+        res = evaluate_recall_model(path, rows, grade=numeric_match)
+        ok = np.array([r["correct"] for r in res])
+        conf = [math.exp(float(np.mean(r["token_logprobs"]))) if r["token_logprobs"] else 0.0 for r in res]
+        tokens = np.mean([len(r["token_logprobs"]) for r in res])
+        by_quartile = [ok[quartile == q].mean() if np.any(quartile == q) else float("nan") for q in range(4)]
+        info = recall_build_info(path)
+        table.add_row(name, f"{info.get('train_cpu_s', info['train_s']):.0f}", f"{ok.mean():.1%}",
+                      " ".join(f"{100 * a:.0f}" for a in by_quartile) + " %", f"{tokens:.1f}",
+                      f"{logprob_auc(conf, ok.tolist()):.3f}")
     Console().print(table)
     return 0
 

@@ -28,7 +28,9 @@ a cascade has little to add (``README.md``, "The toy fleet").
 Eight and a half minutes of CPU in all, about four and a half on two cores (``jobs=2``).
 
 The tokenizer is character level (a byte-level BPE with no merges, plus the ChatML special tokens),
-which suits arithmetic and still encodes any text a server may receive.
+which suits arithmetic and still encodes any text a server may receive. What every trained fleet
+shares (tokenizer, training loop, cached build, worker processes, greedy evaluation) lives in
+:mod:`toymodels.training`.
 
 Held out by construction: every ordered operand pair is either a *training* pair or an *evaluation*
 pair (a fixed integer hash puts one pair in eight in evaluation). :func:`toy_prompts` draws evaluation
@@ -49,8 +51,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +58,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toymodels.qwen2 import SPECIAL_TOKENS, chatml_tokenizer, check_cpu_shape, qwen2_config, save_model
+from toymodels.qwen2 import check_cpu_shape
+from toymodels.training import (
+    build_fleet,
+    build_model,
+    char_tokenizer,
+    evaluate_model,
+    example_batch,
+    is_built,
+    read_marker,
+    render_prompt,
+    write_prompts_jsonl,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -222,133 +233,43 @@ def toy_answer(a: int, b: int, *, scratchpad: bool) -> str:
     return ",".join(columns) + f" #### {a + b}"
 
 
-def write_prompts_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write prompt rows as JSON lines (one row a line, UTF-8) and return ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def render_prompt(user: str) -> str:
-    """The text vLLM feeds the model for one user message: ``CHATML_TEMPLATE`` with ``add_generation_prompt``.
-
-    Training uses this string as the prefix of every example; a test checks that it equals the
-    tokenizer's ``apply_chat_template(..., add_generation_prompt=True)`` byte for byte.
-    """
-    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-
-
 # ----------------------------------------------------------------------------- tokenizer and model
 
 
 def _make_tokenizer() -> Any:
     """Character-level tokenizer: the 256 byte symbols, no merges, the ChatML special tokens first."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *alphabet])}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    return chatml_tokenizer(tok)
+    return char_tokenizer()
 
 
 def _batch(
     tokenizer: Any, triples: Sequence[tuple[int, int, int]], pad_id: int, *, scratchpad: bool = False
 ) -> tuple[Any, Any]:
     """Token ids (right-padded) and labels (-100 except the answer and ``<|im_end|>``) of training examples."""
-    import torch
-
-    prefixes = [render_prompt(_PHRASINGS[k].format(a=a, b=b)) for a, b, k in triples]
-    answers = [toy_answer(a, b, scratchpad=scratchpad) + "<|im_end|>" for a, b, _ in triples]
-    p_ids = tokenizer(prefixes, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
-    width = max(len(p) + len(q) for p, q in zip(p_ids, a_ids, strict=True))
-    ids = torch.full((len(triples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(triples), width), -100, dtype=torch.long)
-    for i, (p, q) in enumerate(zip(p_ids, a_ids, strict=True)):
-        ids[i, : len(p) + len(q)] = torch.tensor(p + q)
-        labels[i, len(p) : len(p) + len(q)] = torch.tensor(q)
-    return ids, labels
-
-
-def _train(model: Any, tokenizer: Any, spec: ToySpec, on_step: Callable[[int, float], None]) -> float:
-    """Train ``model`` in place, calling ``on_step(steps done, loss)``; returns the mean loss of the last 50 steps."""
-    import torch
-    import torch.nn.functional as F
-
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _TRAIN_STREAM]))
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < spec.warmup:
-            return spec.lr * (step + 1) / spec.warmup
-        t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-        return spec.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
-
-    pad_id = tokenizer.pad_token_id
-    losses: list[float] = []
-    model.train()
-    for step in range(spec.steps):
-        # A curriculum: harder buckets join once the easier ones are under way.
-        mix = [w if step >= s * spec.steps else 0.0 for w, s in zip(spec.digit_weights, spec.digit_starts, strict=True)]
-        ids, labels = _batch(tokenizer, _draw(rng, spec.batch, mix, evaluation=False), pad_id,
-                             scratchpad=spec.scratchpad)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        # Only the answer positions are scored, so only they go through the LM head.
-        hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
-        target = labels[:, 1:]
-        scored = target != -100
-        loss = F.cross_entropy(model.lm_head(hidden[scored]), target[scored])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        on_step(step + 1, losses[-1])
-    return float(np.mean(losses[-50:]))
+    users = [_PHRASINGS[k].format(a=a, b=b) for a, b, k in triples]
+    answers = [toy_answer(a, b, scratchpad=scratchpad) for a, b, _ in triples]
+    return example_batch(tokenizer, users, answers, pad_id)
 
 
 def toy_build_info(out: Path) -> dict[str, Any]:
     """The marker of a built toy model: fingerprint, spec, training seconds, final loss, torch version."""
-    info: dict[str, Any] = json.loads((out / _MARKER).read_text())
-    return info
+    return read_marker(out, _MARKER)
 
 
 def _is_built(out: Path, spec: ToySpec) -> bool:
-    marker = out / _MARKER
-    return marker.exists() and json.loads(marker.read_text()).get("fingerprint") == spec.fingerprint
+    return is_built(out, _MARKER, spec.fingerprint)
 
 
 def _build(out: Path, spec: ToySpec, on_step: Callable[[int, float], None]) -> Path:
-    import torch
-    from transformers import Qwen2ForCausalLM
-
     tokenizer = _make_tokenizer()
-    config = qwen2_config(tokenizer, hidden=spec.hidden, layers=spec.layers, heads=spec.heads, kv_heads=spec.kv_heads,
-                          ffn=spec.ffn, max_positions=spec.max_positions)
-    (out / _MARKER).unlink(missing_ok=True)  # a half-rebuilt folder must not pass for the old build
-    threads = torch.get_num_threads()
-    torch.set_num_threads(spec.threads)  # restored below: the caller's setting is not ours to keep
-    try:
-        with torch.random.fork_rng(devices=[]):  # seeds the initialisation without touching the caller's RNG
-            torch.manual_seed(spec.seed)
-            model = Qwen2ForCausalLM(config)
-        start = time.perf_counter()
-        final_loss = _train(model, tokenizer, spec, on_step)
-        train_s = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    marker = {
-        "fingerprint": spec.fingerprint,
-        "spec": asdict(spec),
-        "train_s": round(train_s, 1),
-        "final_loss": round(final_loss, 4),
-        "torch": torch.__version__,
-    }
-    return save_model(out, model, tokenizer, _MARKER, marker)
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _TRAIN_STREAM]))
+
+    def batches(step: int) -> tuple[Any, Any]:
+        # A curriculum: harder buckets join once the easier ones are under way.
+        mix = [w if step >= s * spec.steps else 0.0 for w, s in zip(spec.digit_weights, spec.digit_starts, strict=True)]
+        return _batch(tokenizer, _draw(rng, spec.batch, mix, evaluation=False), tokenizer.pad_token_id,
+                      scratchpad=spec.scratchpad)
+
+    return build_model(out, spec, tokenizer, batches, on_step, marker_name=_MARKER)
 
 
 def build_toy_model(out: Path, spec: ToySpec, *, progress: Progress | None = None, name: str | None = None) -> Path:
@@ -372,57 +293,13 @@ def build_toy_model(out: Path, spec: ToySpec, *, progress: Progress | None = Non
     return _build(out, spec, lambda done, loss: progress.update(task, completed=done))
 
 
-_QUEUE: Any = None  # a worker process's progress queue (set by the pool's initializer)
-
-
-def _init_worker(queue: Any) -> None:
-    global _QUEUE
-    _QUEUE = queue
-
-
-def _build_in_worker(out: Path, spec: ToySpec, name: str) -> None:
-    def report(done: int, loss: float) -> None:
-        if done % 20 == 0 or done == spec.steps:
-            _QUEUE.put((name, done))
-
-    _build(out, spec, report)
-
-
 def build_toy_fleet(root: Path, progress: Progress | None = None, *, jobs: int = 2) -> dict[str, Path]:
     """Build (or reuse) every model of :data:`TOY_FLEET` under ``root``; model id -> folder.
 
     Models train in ``jobs`` processes at once, one thread each (a model's weights do not depend on
     ``jobs``): on 2 cores the largest model trains alone while the others train one after another.
     """
-    paths = {name: root / name for name in TOY_FLEET}
-    todo = [name for name, spec in TOY_FLEET.items() if not _is_built(paths[name], spec)]
-    if jobs <= 1 or len(todo) <= 1:
-        for name in todo:
-            build_toy_model(paths[name], TOY_FLEET[name], progress=progress, name=name)
-        return paths
-    import multiprocessing
-    import queue as queue_lib
-    from concurrent.futures import ProcessPoolExecutor
-
-    tasks = {name: progress.add_task(name, total=TOY_FLEET[name].steps) for name in todo} if progress else {}
-    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    updates = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(updates,)) as pool:
-        # Largest first: it takes about as long as the others together.
-        futures = [pool.submit(_build_in_worker, paths[n], TOY_FLEET[n], n) for n in reversed(todo)]
-        while not all(f.done() for f in futures):
-            try:
-                name, done = updates.get(timeout=0.2)
-            except queue_lib.Empty:
-                continue
-            if progress is not None:
-                progress.update(tasks[name], completed=done)
-        for f in futures:
-            f.result()  # a worker's exception surfaces here
-    if progress is not None:
-        for name, task in tasks.items():
-            progress.update(task, completed=TOY_FLEET[name].steps)
-    return paths
+    return build_fleet(TOY_FLEET, root, _build, _is_built, progress, jobs=jobs)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -439,50 +316,4 @@ def evaluate_toy_model(
     ``calibration.graders.numeric_match``), and the logprob of each generated
     token (``<|im_end|>`` included when generated).
     """
-    import torch
-    from transformers import AutoTokenizer, Qwen2ForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = Qwen2ForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    return _greedy(model, tokenizer, rows, max_new_tokens, grade)
-
-
-def _greedy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], max_new_tokens: int,
-            grade: Callable[[str, str], float]) -> list[dict[str, Any]]:
-    import torch
-
-    eos = tokenizer.eos_token_id
-    encoded = [
-        tokenizer.apply_chat_template(r["messages"], tokenize=True, add_generation_prompt=True, return_dict=False)
-        for r in rows
-    ]
-    # Prompts of equal length decode together: no padding, so the batch computes exactly what one would.
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    results: list[dict[str, Any]] = [{} for _ in rows]
-    with torch.no_grad():
-        for idx in by_len.values():
-            seq = torch.tensor([encoded[i] for i in idx])
-            gen = torch.empty((len(idx), 0), dtype=torch.long)
-            lps = torch.empty((len(idx), 0))
-            for _ in range(max_new_tokens):
-                logits = model(input_ids=torch.cat([seq, gen], dim=1)).logits[:, -1].float()
-                logp = torch.log_softmax(logits, dim=-1)
-                nxt = logp.argmax(dim=-1)
-                gen = torch.cat([gen, nxt[:, None]], dim=1)
-                lps = torch.cat([lps, logp.gather(1, nxt[:, None])], dim=1)
-                if bool((gen == eos).any(dim=1).all()):
-                    break
-            for j, i in enumerate(idx):
-                toks = gen[j].tolist()
-                n = toks.index(eos) + 1 if eos in toks else len(toks)
-                text = tokenizer.decode(toks[:n], skip_special_tokens=True)
-                results[i] = {
-                    "id": rows[i]["id"],
-                    "task": rows[i].get("task"),
-                    "text": text,
-                    "correct": grade(text, rows[i]["answer"]) == 1.0,
-                    "token_logprobs": lps[j, :n].tolist(),
-                }
-    return results
+    return evaluate_model(path, rows, grade=grade, max_new_tokens=max_new_tokens)
