@@ -130,10 +130,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+DRAIN_MAX_BYTES = 16 * 2**20  # a refused body up to this size is read (and dropped) before the 413
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the request body to its end, keeping nothing."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` is answered 413 (an OpenAI envelope) without
-    being held whole: refused from its ``Content-Length`` before a byte is read, or, sent without one,
-    as soon as the bytes read pass the limit."""
+    being held whole: refused from its ``Content-Length`` (read and dropped first, up to
+    ``DRAIN_MAX_BYTES``, so the client reads the answer), or, sent without one, as soon as the bytes read
+    pass the limit."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -145,6 +157,11 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_MAX_BYTES:
+                # Read and drop a modest body first: answered while the client is still sending, the
+                # 413 races the server's close of the connection, and the client may see a reset
+                # instead of the envelope. A larger one is refused at once (the connection closes).
+                await _drain(receive)
             status, body = 413, error_body(413, self._message())
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", b"application/json")]})
