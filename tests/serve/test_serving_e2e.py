@@ -477,7 +477,11 @@ def test_calibrate_replays_fits_and_the_controller_serves_with_the_artifacts(
     # models' costs come close, and the cheapest setting on the validation half exceeded it by 8 %.
     summary = run_calibrate(dataclasses.replace(opts, budget=f"{1.25 * err.value.cheapest_cost:.6g}"))
     assert len((out / "replay.jsonl").read_text().splitlines()) == 60
-    assert summary["models"] == ["tiny-small", "tiny-large"]  # cost order, measured
+    # Cost order, as measured: the two tiny models differ little in engine time on 2 shared cores, so
+    # which is cheaper is the measurement's to say (it was reversed once under load), not the test's.
+    per_model = summary["per_model"]
+    assert sorted(summary["models"]) == ["tiny-large", "tiny-small"]
+    assert summary["models"] == sorted(per_model, key=lambda m: per_model[m]["gpu_s_per_query"])
     small, large = (summary["per_model"][m] for m in summary["models"])
     assert 0 < small["gpu_s_per_query"] < large["gpu_s_per_query"]
     assert all(0 <= v["cost_mape_ex_ante"] < 10 for v in summary["per_model"].values())
