@@ -75,6 +75,7 @@ from toymodels.qwen2 import check_cpu_shape
 from toymodels.training import (
     build_fleet,
     build_model,
+    build_one,
     char_tokenizer,
     evaluate_model,
     example_batch,
@@ -319,12 +320,7 @@ def build_recall_model(out: Path, spec: RecallSpec, *, progress: Progress | None
 
     ``progress`` shows the training steps as one task named ``name`` (default: the folder's name).
     """
-    if _is_built(out, spec):
-        return out
-    if progress is None:
-        return _build(out, spec, lambda done, loss: None)
-    task = progress.add_task(name or out.name, total=spec.steps)
-    return _build(out, spec, lambda done, loss: progress.update(task, completed=done))
+    return build_one(out, spec, _build, _is_built, progress, name)
 
 
 def build_recall_fleet(root: Path, progress: Progress | None = None, *, jobs: int = 2) -> dict[str, Path]:

@@ -62,6 +62,7 @@ from toymodels.qwen2 import check_cpu_shape
 from toymodels.training import (
     build_fleet,
     build_model,
+    build_one,
     char_tokenizer,
     evaluate_model,
     example_batch,
@@ -285,12 +286,7 @@ def build_toy_model(out: Path, spec: ToySpec, *, progress: Progress | None = Non
     progress : rich.progress.Progress or None
         Shows the training steps as one task named ``name`` (default: the folder's name).
     """
-    if _is_built(out, spec):
-        return out
-    if progress is None:
-        return _build(out, spec, lambda done, loss: None)
-    task = progress.add_task(name or out.name, total=spec.steps)
-    return _build(out, spec, lambda done, loss: progress.update(task, completed=done))
+    return build_one(out, spec, _build, _is_built, progress, name)
 
 
 def build_toy_fleet(root: Path, progress: Progress | None = None, *, jobs: int = 2) -> dict[str, Path]:

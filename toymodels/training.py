@@ -296,6 +296,16 @@ def build_fleet(
     return paths
 
 
+def build_one(out: Path, recipe: Any, build: BuildFn, built: Callable[[Path, Any], bool],
+              progress: Progress | None = None, name: str | None = None) -> Path:
+    """Build (or reuse, when ``built`` says the folder holds it) one model in ``out``; ``progress`` shows
+    its steps as one task named ``name`` (default: the folder's name)."""
+    if built(out, recipe):
+        return out
+    task = progress.add_task(name or out.name, total=recipe.steps) if progress is not None else None
+    return build(out, recipe, _reporter(progress, task))
+
+
 def _reporter(progress: Progress | None, task: Any) -> OnStep:
     def report(done: int, loss: float) -> None:
         if progress is not None:
