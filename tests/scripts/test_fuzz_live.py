@@ -7,6 +7,7 @@ Its run against the controller's routes over fake replicas, where it must find n
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -169,3 +170,36 @@ def test_a_campaign_counts_every_violation_and_fails(misbehaving_url: tuple[str,
 
 def test_no_endpoint_is_exit_code_2() -> None:
     assert fuzz_live.main(["--url", "http://127.0.0.1:9", "--requests", "1"]) == 2
+
+
+def test_a_saved_campaign_carries_no_key_and_replays_the_same_requests(
+        misbehaving_url: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """Made on two processes, saved without the key, replayed with it: the same requests arrive, and a
+    keyed campaign replayed without a key is refused before anything is sent."""
+    url, received = misbehaving_url
+    saved = tmp_path / "probes.jsonl"
+    common = ["--url", url, "--api-key", KEY, "--requests", "40", "--max-tokens", "3"]
+    assert fuzz_live.main([*common, "--workers", "2", "--save-probes", str(saved)]) == 0
+    lines = saved.read_text().splitlines()
+    assert len(lines) == 40 and KEY not in saved.read_text() and not received
+    records = [json.loads(line) for line in lines]
+    assert {r["route"] for r in records} >= {"POST /v1/chat/completions", "POST /v1/completions"}
+    assert any(r["keyed"] for r in records)
+
+    assert fuzz_live.main(["--url", url, "--probes", str(saved), "--requests", "40"]) == 2
+    assert not received
+
+    out = tmp_path / "fuzz.json"
+    rc = fuzz_live.main([*common, "--probes", str(saved), "--timeout-s", str(HANG_S / 2), "--concurrency", "16",
+                         "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 1 and result["total"] == 40
+    # Every body that arrived was saved; every chat body saved arrived (chat answers at once; a completion
+    # hangs, and one given up on may not have been read).
+    def bodies(route: str = "") -> list[str]:
+        decoded = [fuzz_live._json(base64.b64decode(r["content"])) for r in records
+                   if r["method"] == "POST" and r["content"] is not None and r["route"].endswith(route)]
+        return [json.dumps(b, sort_keys=True) for b in decoded if isinstance(b, dict)]
+
+    arrived = [json.dumps(b, sort_keys=True) for b in received]
+    assert set(arrived) <= set(bodies()) and set(bodies("/chat/completions")) <= set(arrived)
