@@ -44,10 +44,15 @@ def request_error_body(exc: Exception) -> dict[str, Any] | None:
     is bad, the replica is fine. Anything else is answered 500 without its traceback (logged here):
     the replica still answered, so one client's odd request never takes it out of the cascade.
     """
-    from vllm.exceptions import VLLMClientError, VLLMNotFoundError, VLLMServerError
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError, VLLMServerError
 
     if isinstance(exc, VLLMServerError):  # the engine died or failed: the replica is broken
         return None
+    if isinstance(exc, GracefulHTTPError):  # the engine's admission control: busy, not broken
+        status = int(exc.http_status)
+        busy = status in (429, 503)
+        return error_body(status, f"the model replica is at capacity; retry shortly ({clean_message(exc.message)})"
+                          if busy else clean_message(exc.message))
     if isinstance(exc, VLLMNotFoundError):
         return error_body(404, clean_message(str(exc)))
     if isinstance(exc, VLLMClientError | ValueError | TypeError | OverflowError) or _is_template_error(exc):
@@ -117,12 +122,13 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
     async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """SSE lines (``data: {...}\\n\\n`` … ``data: [DONE]\\n\\n``) of a streaming request; a request
         rejected before the first token yields one error dict instead (the caller picks the status)."""
-        request = self._parse(endpoint, {**body, "stream": True})
-        if isinstance(request, dict):
-            yield request  # type: ignore[misc]
-            return
         started = False
         try:
+            # Inside the try: vLLM's request models raise their own client errors, not only pydantic's.
+            request = self._parse(endpoint, {**body, "stream": True})
+            if isinstance(request, dict):
+                yield request  # type: ignore[misc]
+                return
             stream = await (self.chat(request) if endpoint == "chat" else self.completions(request))
             async for batch in stream:
                 # LLMServer batches stream chunks into lists; a single object is an error response.

@@ -49,3 +49,39 @@ def test_text_the_tokenizer_cannot_encode_is_explained_in_words_a_client_reads()
     assert body is not None and body["error"]["code"] == 400
     assert body["error"]["message"] == ("the text cannot be tokenized: it is not valid Unicode (a lone UTF-16 "
                                         "surrogate?)")
+
+
+def test_the_engines_admission_control_is_a_shed_not_a_broken_replica() -> None:
+    from vllm.exceptions import QueueOverflowError
+
+    from serve.replica import request_error_body
+
+    body = request_error_body(QueueOverflowError())
+    assert body is not None and body["error"]["code"] == 503 and "at capacity" in body["error"]["message"]
+
+
+# A body vLLM's request model refuses by raising its own VLLMValidationError, not pydantic's error
+# (found by the 20,000-request live fuzz: as a stream it reached the controller as a broken replica).
+PROMPT_NONE = {"model": "m", "prompt": None, "repetition_penalty": ""}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_body_the_request_model_refuses_by_raising_is_a_400_on_both_paths(stream: bool) -> None:
+    import asyncio
+
+    from serve.replica import CascadeLLMServer
+
+    class Parsing(CascadeLLMServer):  # parsing needs no engine, and no engine is there to shut down
+        def __del__(self) -> None:
+            pass
+
+    replica = object.__new__(Parsing)
+
+    async def answer() -> list:
+        if not stream:
+            return [await replica.run("completions", dict(PROMPT_NONE))]
+        return [line async for line in replica.stream("completions", {**PROMPT_NONE, "stream": True})]
+
+    lines = asyncio.run(answer())
+    assert len(lines) == 1 and isinstance(lines[0], dict), lines
+    assert lines[0]["error"]["code"] == 400 and lines[0]["error"]["param"] == "prompt"
