@@ -17,7 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["CascadeSettings", "ConfigError", "FleetConfig", "ModelLoadingConfig", "ModelSpec"]
+from cluster.accelerators import RAY_ACCELERATOR_TYPES, unknown_accelerator
+
+__all__ = ["CascadeSettings", "ConfigError", "FleetConfig", "ModelHints", "ModelLoadingConfig", "ModelSpec", "SizeHint"]
 
 # The options of ray.serve.deployment (ray 2.60), which LLMConfig.deployment_config forwards. Ray itself
 # ignores unknown keys here, so a typo such as "autoscaling_confg" would silently do nothing.
@@ -57,10 +59,42 @@ class ModelLoadingConfig(StrictModel):
     tokenizer_source: str | None = None
 
 
+class SizeHint(StrictModel):
+    """A model's size where neither its ``config.json`` nor the Qwen2.5 table knows it (the names are
+    ``config.json``'s, so they can be copied from there); ``cluster.architecture`` reads it."""
+
+    parameters_billion: float = Field(gt=0)
+    num_hidden_layers: int = Field(ge=1)
+    num_attention_heads: int = Field(ge=1)
+    num_key_value_heads: int | None = Field(default=None, ge=1)  # None: as many as attention heads
+    head_dim: int = Field(ge=1)
+    max_position_embeddings: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _grouped_heads(self) -> SizeHint:
+        kv = self.num_key_value_heads
+        if kv is not None and self.num_attention_heads % kv:
+            raise ValueError(f"num_key_value_heads: {kv} does not divide num_attention_heads "
+                             f"{self.num_attention_heads}")
+        return self
+
+
+class ModelHints(StrictModel):
+    """cascade-serve's own settings of one model, beside Ray's fields (never passed to Ray)."""
+
+    size: SizeHint | None = None
+
+
 class ModelSpec(StrictModel):
-    """One model of the fleet: a Ray Serve LLM ``LLMConfig`` mapping (field names of ray 2.60).
+    """One model of the fleet: a Ray Serve LLM ``LLMConfig`` mapping (field names of ray 2.60), plus an
+    optional ``cascade`` block of cascade-serve's own (:class:`ModelHints`), which Ray never sees.
 
     ``server_cls`` and ``callback_config`` are not accepted: cascade-serve sets the server class.
+
+    A model may share a GPU with others: ``placement_group_config: {bundles: [{GPU: 0.5}]}`` is Ray's
+    fractional GPU, and ``engine_kwargs.gpu_memory_utilization`` the share of the GPU's memory its engine
+    takes. Ray places fractions by their sum alone, so any replicas whose shares sum to one GPU may land
+    on it together: each engine's memory fraction must stay within its GPU share.
     """
 
     model_loading_config: ModelLoadingConfig
@@ -74,6 +108,7 @@ class ModelSpec(StrictModel):
     runtime_env: dict[str, Any] | None = None
     experimental_configs: dict[str, Any] = Field(default_factory=dict)
     log_engine_metrics: bool = True
+    cascade: ModelHints | None = None  # cascade-serve's own, stripped before Ray sees the entry
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -102,22 +137,78 @@ class ModelSpec(StrictModel):
             raise ValueError(f"accelerator_config.kind must be 'cpu', 'gpu' or 'tpu', got {value.get('kind')!r}")
         return value
 
+    @field_validator("accelerator_type")
+    @classmethod
+    def _check_accelerator_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in RAY_ACCELERATOR_TYPES:
+            raise ValueError(unknown_accelerator(value))
+        return value
+
+    @field_validator("placement_group_config")
+    @classmethod
+    def _check_placement_group_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        bundles = value.get("bundles")
+        if bundles is not None and not (
+            isinstance(bundles, list) and all(isinstance(b, dict) and all(
+                isinstance(a, int | float) and not isinstance(a, bool) and a >= 0 for a in b.values()) for b in bundles)
+        ):
+            raise ValueError("bundles must be a list of resource mappings ({GPU: 0.5, CPU: 1}) of amounts >= 0")
+        strategy = value.get("strategy", "PACK")
+        if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {strategy!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shared_gpu(self) -> ModelSpec:
+        share = self.gpu_share
+        if not 0.0 < share < 1.0:
+            return self
+        where = f"a GPU share of {share:g} (placement_group_config)"
+        if self.tensor_parallel_size * int(self.engine_kwargs.get("pipeline_parallel_size", 1)) > 1:
+            raise ValueError(f"engine_kwargs.tensor_parallel_size: {where} holds one engine worker; tensor or "
+                             "pipeline parallel engines need whole GPUs")
+        memory = self.engine_kwargs.get("gpu_memory_utilization")
+        if memory is None:
+            raise ValueError(f"engine_kwargs.gpu_memory_utilization: required with {where}; vLLM's default "
+                             "0.9 would take the memory of the replicas sharing the GPU")
+        if memory > share + 1e-9:
+            raise ValueError(f"engine_kwargs.gpu_memory_utilization: {memory:g} exceeds {where}; Ray may place "
+                             "replicas beside it up to a whole GPU, and their memory fractions would sum past 1")
+        return self
+
     @property
     def model_id(self) -> str:
         return self.model_loading_config.model_id
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        return int(self.engine_kwargs.get("tensor_parallel_size", 1))
+
+    @property
+    def gpu_share(self) -> float:
+        """GPU of one engine worker's bundle: below 1 for a model that shares a GPU, else 1 (0 on CPU)."""
+        if self.on_cpu:
+            return 0.0
+        pg = self.placement_group_config or {}
+        bundles = [pg["bundle_per_worker"]] if pg.get("bundle_per_worker") else pg.get("bundles") or []
+        gpus = [float(b.get("GPU", 0)) for b in bundles if float(b.get("GPU", 0)) > 0]
+        return max(gpus) if gpus and max(gpus) < 1.0 else 1.0
 
     @property
     def on_cpu(self) -> bool:
         return self.accelerator_config is not None and self.accelerator_config.get("kind") == "cpu"
 
     @property
-    def gpus_per_replica(self) -> int:
-        """GPUs one replica holds: tensor x pipeline parallel size (0 on CPU)."""
+    def gpus_per_replica(self) -> float:
+        """GPUs one replica holds: tensor x pipeline parallel size, each worker's share of a GPU counted
+        (0 on CPU). An int where whole, so fingerprints made before shares existed stay as they were."""
         if self.on_cpu:
             return 0
-        return int(self.engine_kwargs.get("tensor_parallel_size", 1)) * int(
-            self.engine_kwargs.get("pipeline_parallel_size", 1)
-        )
+        workers = self.tensor_parallel_size * int(self.engine_kwargs.get("pipeline_parallel_size", 1))
+        share = self.gpu_share
+        return workers if share == 1.0 else workers * share
 
 
 class CascadeSettings(StrictModel):
@@ -173,7 +264,7 @@ class FleetConfig(StrictModel):
         return [m.model_id for m in self.models]
 
     @property
-    def total_gpus(self) -> int:
+    def total_gpus(self) -> float:
         """GPUs at the minimum replica count (autoscaling min_replicas, else num_replicas, else 1)."""
         return sum(m.gpus_per_replica * _min_replicas(m.deployment_config) for m in self.models)
 
@@ -228,6 +319,9 @@ def _min_replicas(deployment_config: dict[str, Any]) -> int:
     return int(replicas) if isinstance(replicas, int) else 1
 
 
+_RELATIVE_KEYS = frozenset({"engine_kwargs", "placement_group_config"})
+
+
 def _describe(err: Any) -> str:
     """One pydantic error as ``key.path[i].leaf: message``, with the YAML key names."""
     parts: list[str] = []
@@ -242,4 +336,6 @@ def _describe(err: Any) -> str:
         message = "unknown key (typo?)"
     if message.startswith(("models[", "cascade.")):
         return message  # cross-field checks name their own path
+    if path and message.split(":", 1)[0].split(".", 1)[0] in _RELATIVE_KEYS:
+        return f"{path}.{message}"  # a model's cross-field check names the key under the model
     return f"{path}: {message}" if path else message

@@ -59,7 +59,7 @@ def llm_config(spec: ModelSpec) -> Any:
 
     from serve.replica import CascadeLLMServer
 
-    data = spec.model_dump(exclude_none=True, by_alias=True)
+    data = spec.model_dump(exclude_none=True, by_alias=True, exclude={"cascade"})  # ours, not Ray's
     data["engine_kwargs"] = {"enable_per_request_metrics": True, "enable_prompt_tokens_details": True,
                              **data.get("engine_kwargs", {})}
     data["experimental_configs"] = {"stream_batching_interval_ms": 0, **data.get("experimental_configs", {})}

@@ -38,7 +38,8 @@ def test_shipped_models_yaml_validates() -> None:
     fleet = FleetConfig.from_file(REPO / "models.yaml")
     assert fleet.model_ids[0] == "qwen2.5-math-1.5b" and fleet.model_ids[-1] == "qwen2.5-72b"
     assert fleet.models[-1].gpus_per_replica == 4
-    assert fleet.total_gpus == 9
+    assert fleet.total_gpus == 8  # the 1.5B pair shares one GPU (half each)
+    assert [m.gpu_share for m in fleet.models[:2]] == [0.5, 0.5]
     assert fleet.cascade.policy == "cascade_routing"
 
 
@@ -156,7 +157,7 @@ def test_cpu_fleet_file_matches_the_tiny_models() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["models.yaml", "models.cpu.yaml"])
+@pytest.mark.parametrize("name", ["models.yaml", "models.cpu.yaml", "models.64gpu.yaml"])
 def test_entries_are_real_ray_llm_configs(name: str) -> None:
     """Each entry is accepted by ray.serve.llm.LLMConfig (the cpu extra, which CI installs, brings Ray)."""
     llm = pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
