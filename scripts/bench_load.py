@@ -80,6 +80,8 @@ HOSTILE: dict[str, tuple[str, bytes]] = {
     "completions: stream_options without stream": (COMPLETIONS_PATH,
                                                    _completion(b', "stream_options": {"include_usage": true}')),
     "completions: unknown field": (COMPLETIONS_PATH, _completion(b', "frobnicate": true')),
+    "completions: a stream with no prompt": (COMPLETIONS_PATH,
+                                             b'{"model": "@MODEL@", "stream": true, "prompt": null, "n": 2}'),
 }
 
 

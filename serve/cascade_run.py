@@ -41,6 +41,9 @@ Call = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 FloatArray = NDArray[np.float64]
 
 KNOBS = frozenset({"lambda", "max_depth", "policy", "models", "stage_timeout_s", "request_timeout_s"})
+# The tightest timeout a request may ask for: below it no model can answer, and a deadline that can only
+# expire would be answered with a 503 that blames the fleet for the client's own setting.
+MIN_KNOB_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ def _positive_seconds(raw: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ApiError(400, f"cascade.{name} must be a positive number, got {value!r}", param=f"cascade.{name}")
+    if value < MIN_KNOB_TIMEOUT_S:
+        raise ApiError(400, f"cascade.{name} must be at least {MIN_KNOB_TIMEOUT_S:g} s, got {value!r}",
+                       param=f"cascade.{name}")
     return float(value)
 
 
@@ -339,11 +345,12 @@ def _build_outcome(run: _Run, quality: QualityEstimator, ante_ms: dict[str, floa
     if chosen is None:
         if run.last_client_error is not None:
             raise run.last_client_error
+        tried = "; ".join(f"{t['model']}: {t.get('error', '')}" for t in trace)
         if run.timed_out:
-            raise ApiError(503, "no model answered within the request timeout: " + "; ".join(
-                f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=RETRY_AFTER_S)
-        raise ApiError(503, "no model replica could answer: " + "; ".join(
-            f"{t['model']}: {t.get('error', '')}" for t in trace), retry_after_s=RETRY_AFTER_S)
+            raise ApiError(503, "no model answered within the request timeout" + (f": {tried}" if tried else ""),
+                           retry_after_s=RETRY_AFTER_S)
+        raise ApiError(503, "no model replica could answer" + (f": {tried}" if tried else ""),
+                       retry_after_s=RETRY_AFTER_S)
     post, _ = quality.predict(run.query, list(stages), stages)
     post_by_model = dict(zip(stages, post.tolist(), strict=True))
     answered_stages = [t for t in trace if t["decision"] != "error"]

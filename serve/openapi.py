@@ -26,7 +26,7 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from serve.cascade_run import POLICIES
+from serve.cascade_run import MIN_KNOB_TIMEOUT_S, POLICIES
 from serve.controller import IGNORED_FIELDS
 
 __all__ = [
@@ -77,9 +77,9 @@ KNOBS_SCHEMA: dict[str, Any] = {
         "policy": {"enum": list(POLICIES)},
         "models": {"type": ["array", "null"], "items": {"type": "string"}, "minItems": 1,
                    "description": "served model ids the cascade may use (default: all)"},
-        "stage_timeout_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+        "stage_timeout_s": {"type": ["number", "null"], "minimum": MIN_KNOB_TIMEOUT_S,
                             "description": "seconds each stage may take, if tighter than the fleet's"},
-        "request_timeout_s": {"type": ["number", "null"], "exclusiveMinimum": 0,
+        "request_timeout_s": {"type": ["number", "null"], "minimum": MIN_KNOB_TIMEOUT_S,
                               "description": "seconds the whole request may take, if tighter than the fleet's "
                                              "(past it, the best answer so far)"},
     },

@@ -98,6 +98,16 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
             where = ".".join(str(p) for p in first["loc"]) or None
             message = str(first["msg"]).removeprefix("Value error, ")
             return error_body(400, f"{where}: {message}" if where else message, param=where)
+        except Exception as exc:
+            # Validating a body is a function of the body alone, so whatever the request model's own
+            # validators raise (vLLM's errors, or an AttributeError on `"structured_outputs": false`) is
+            # the request's fault, never the replica's.
+            from vllm.exceptions import VLLMClientError
+
+            if isinstance(exc, VLLMClientError | ValueError | TypeError | OverflowError):
+                return request_error_body(exc)
+            logger.warning("the engine's request model raised %s on a body", type(exc).__name__, exc_info=exc)
+            return error_body(400, f"the request body is invalid ({type(exc).__name__} while validating it)")
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming request (``body["stream"]`` must be false); the response as a dict."""

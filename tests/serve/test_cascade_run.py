@@ -228,6 +228,9 @@ def test_knobs_are_validated_strictly() -> None:
                        ({"models": []}, "cascade.models"), ({"models": ["huge"]}, "cascade.models"),
                        ({"stage_timeout_s": 0}, "cascade.stage_timeout_s"),
                        ({"stage_timeout_s": "1"}, "cascade.stage_timeout_s"),
+                       # Found by the live fuzz: a deadline no model can meet was a 503 blaming the fleet.
+                       ({"request_timeout_s": 5e-324}, "cascade.request_timeout_s"),
+                       ({"stage_timeout_s": 0.5}, "cascade.stage_timeout_s"),
                        ([1], "cascade")]:
         with pytest.raises(ApiError) as info:
             parse_knobs(raw, default, MODELS)

@@ -98,7 +98,8 @@ def test_the_cascade_knobs_are_what_parse_knobs_reads(document: dict[str, Any]) 
     validator = jsonschema.Draft202012Validator(knobs)
     assert validator.is_valid({"lambda": 0.5, "max_depth": 2, "policy": POLICIES[0], "models": ["small"],
                                "stage_timeout_s": 1.5})
-    for refused in ({"lamda": 1}, {"lambda": -1}, {"max_depth": 0}, {"models": []}, {"stage_timeout_s": 0}):
+    for refused in ({"lamda": 1}, {"lambda": -1}, {"max_depth": 0}, {"models": []}, {"stage_timeout_s": 0},
+                    {"request_timeout_s": 0.5}):
         assert not validator.is_valid(refused), refused
 
 

@@ -222,6 +222,11 @@ HOSTILE = {
     "stream_options without stream": b'{"MODEL": 1, "messages": [{"role": "user", "content": "hi"}], '
                                      b'"stream_options": {"include_usage": true}}',
 }
+# Refused by vLLM's request model with its own exception (the live fuzz found it on a stream).
+HOSTILE_COMPLETIONS = {
+    "a stream with no prompt": b'{"MODEL": 1, "stream": true, "prompt": null, "repetition_penalty": ""}',
+    "structured_outputs false": b'{"MODEL": 1, "prompt": [6813], "structured_outputs": false}',
+}
 
 
 def test_hostile_inputs_are_400s_and_leave_every_replica_in_the_cascade(fleet_url: str, client: Any) -> None:
@@ -230,10 +235,12 @@ def test_hostile_inputs_are_400s_and_leave_every_replica_in_the_cascade(fleet_ur
     both replicas are still ready and another client's cascade request is answered."""
     import httpx
 
-    for name, raw in HOSTILE.items():
+    hostile = [("/v1/chat/completions", name, raw) for name, raw in HOSTILE.items()]
+    hostile += [("/v1/completions", name, raw) for name, raw in HOSTILE_COMPLETIONS.items()]
+    for path, name, raw in hostile:
         for model in ("cascade", "tiny-small"):
             body = raw.replace(b'"MODEL": 1', f'"model": "{model}"'.encode())
-            r = _post(fleet_url, "/v1/chat/completions", None, raw=body)
+            r = _post(fleet_url, path, None, raw=body)
             assert 400 <= r.status_code < 500, (name, model, r.status_code, r.text[:300])
             error = r.json()["error"]
             assert "Retry-After" not in r.headers, (name, model)
