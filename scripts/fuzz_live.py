@@ -589,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
             # As it happens, so that a long campaign's findings can be chased while it runs.
             bar.console.print(f"[red]{', '.join(found)}[/red]: {example['route']} -> "
                               f"{example['status'] or example['failure']} in {example['elapsed_s']} s: "
-                              f"{example['answer_body'][:300]!r}", markup=True, highlight=False)
+                              f"{example['answer_body'][:300]!r} for {example['request_body'][:300]!r}",
+                              markup=True, highlight=False)
 
         interrupted = False
         try:
