@@ -3,6 +3,8 @@
     cascade eval routerbench --models 11 --noise low --json runs/rb.json --plot runs/rb.png
     cascade eval routerbench --models 11 --estimators trained --json runs/rb_trained.json
     cascade validate models.yaml
+    cascade plan models.yaml --nodes 1x8xH100      # what goes where, before anything starts
+    cascade cluster-config models.yaml --target ray-up --cloud aws -o cluster.yaml   # or --target kuberay
     cascade models build --out .cache/tiny
     cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
     cascade status / cascade down [--stop-ray]
@@ -137,6 +139,42 @@ def _build_parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="check a fleet file (models.yaml) and summarise it")
     va.add_argument("file", type=Path, nargs="?", default=Path("models.yaml"), help="fleet file (default models.yaml)")
+
+    pl = sub.add_parser(
+        "plan", help="a fleet file's placement plan: memory, GPUs and memory fraction per model, replicas on nodes",
+        description="Per model: weights, KV cache for max_model_len x max_num_seqs, headroom, hence the GPUs of a "
+        "replica (tensor parallel where one GPU cannot hold it) and the gpu_memory_utilization to give it; small "
+        "models packed onto shared GPUs; every replica assigned to a node. Printed as a table and written as JSON. "
+        "A fleet that cannot fit is refused with one line per model (exit code 2).",
+    )
+    pl.add_argument("file", type=Path, help="fleet file (models.yaml)")
+    where = pl.add_mutually_exclusive_group()
+    where.add_argument("--nodes", default=None,
+                       help="the nodes: COUNTxGPUSxKIND[:GIB] or COUNTxCPUSxcpu, comma-separated (2x8xH100,1x4xL4) "
+                       "(default: this machine)")
+    where.add_argument("--address", default=None, help="read the nodes of a running Ray cluster (auto: the local one)")
+    pl.add_argument("--json", type=Path, default=None, help="where to write the plan (default runs/plans/STEM.json)")
+    pl.add_argument("--write-fleet", type=Path, default=None,
+                    help="also write the fleet file with the plan's choices (what it chose where entries left open)")
+
+    cc = sub.add_parser(
+        "cluster-config", help="a Ray cluster launcher YAML (ray up) or a KubeRay RayService for a fleet file",
+        description="Nodes as --nodes gives them, else the fewest 8-GPU nodes the plan fits on; the fleet, with the "
+        "plan's choices, deployed at start; Ray's token authentication on.",
+    )
+    cc.add_argument("file", type=Path, help="fleet file (models.yaml)")
+    cc.add_argument("--target", choices=["ray-up", "kuberay"], required=True, help="launcher to write for")
+    cc.add_argument("--cloud", choices=["aws", "gcp"], default=None,
+                    help="machine types (ray-up: required) or node selectors (kuberay) of this cloud")
+    cc.add_argument("-o", "--out", type=Path, required=True, help="file to write")
+    cc.add_argument("--nodes", default=None, help="the GPU nodes, as for `cascade plan` (default: the fewest 8-GPU "
+                    "nodes of the kinds the entries name)")
+    cc.add_argument("--region", default=None, help="cloud region (default us-west-2 on aws, us-central1 on gcp)")
+    cc.add_argument("--project", default=None, help="GCP project id (required with --cloud gcp for ray-up)")
+    cc.add_argument("--name", default="cascade", help="cluster / RayService name (default cascade)")
+    cc.add_argument("--package", default="cascade-serve[gpu]",
+                    help="what pip installs on the nodes (default cascade-serve[gpu]; a wheel URL or git+https://...)")
+    cc.add_argument("--port", type=int, default=8000, help="HTTP port of the endpoint (default 8000)")
 
     up = sub.add_parser("up", help="deploy a fleet file on Ray Serve and wait until every model is ready")
     up.add_argument("file", type=Path, help="fleet file (models.yaml, models.cpu.yaml)")
@@ -350,7 +388,7 @@ def _validate(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    table = Table(title=f"{args.file}: {len(fleet.models)} models, {fleet.total_gpus} GPUs at minimum replicas")
+    table = Table(title=f"{args.file}: {len(fleet.models)} models, {fleet.total_gpus:g} GPUs at minimum replicas")
     for col in ("model id", "source", "accelerator", "GPUs/replica", "replicas"):
         table.add_column(col)
     for m in fleet.models:
@@ -360,7 +398,7 @@ def _validate(args: argparse.Namespace) -> int:
         )
         table.add_row(
             m.model_id, m.model_loading_config.model_source or m.model_id,
-            "cpu" if m.on_cpu else (m.accelerator_type or "any"), str(m.gpus_per_replica), replicas,
+            "cpu" if m.on_cpu else (m.accelerator_type or "any"), f"{m.gpus_per_replica:g}", replicas,
         )
     console = Console()
     console.print(table)
@@ -386,6 +424,14 @@ def main(argv: list[str] | None = None) -> int:
             return _eval_routerbench(args)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "plan":
+            from cascade_serve.plan import run_plan
+
+            return run_plan(args)
+        if args.command == "cluster-config":
+            from cascade_serve.cluster_config import run_cluster_config
+
+            return run_cluster_config(args)
         if args.command == "models" and args.models_command == "build":
             return _build_models(args)
         if args.command == "up":
@@ -399,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "calibrate":
             return _calibrate(args)
     except ConfigError as exc:
+        if len(exc.problems) == 1:  # one fault, one line
+            print(f"cascade: error: {exc.source}: {exc.problems[0]}", file=sys.stderr)
+            return 2
         print(f"cascade: error: {exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
