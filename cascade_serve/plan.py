@@ -76,6 +76,10 @@ def _placed(plan: FleetPlan, deployment: str) -> str:
     return "; ".join(parts)
 
 
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f}" if n >= GIB / 10 else f"{n / GIB:.3f}"  # the tiny CPU models weigh megabytes
+
+
 def _row(plan: FleetPlan, m: ModelPlan) -> list[str]:
     mark = dict.fromkeys(m.chosen, "*")
     mem = m.memory
@@ -84,8 +88,8 @@ def _row(plan: FleetPlan, m: ModelPlan) -> list[str]:
         sizes = ["-", "-", "-", "-"]
     else:
         per_gpu = m.per_gpu_bytes
-        sizes = [f"{mem.weights_bytes / GIB:.1f}", f"{mem.kv_cache_bytes / GIB:.1f}",
-                 f"{mem.max_model_len} x {mem.max_num_seqs}", f"{per_gpu / GIB:.1f}" if per_gpu is not None else "-"]
+        sizes = [_gib(mem.weights_bytes), _gib(mem.kv_cache_bytes), f"{mem.max_model_len} x {mem.max_num_seqs}",
+                 _gib(per_gpu) if per_gpu is not None else "-"]
     util = "-" if m.gpu_memory_utilization is None else f"{m.gpu_memory_utilization:g}"
     seqs = "-" if m.kv_sequences is None or mem is None else (
         "all" if m.kv_sequences >= mem.max_num_seqs else f"{m.kv_sequences} of {mem.max_num_seqs}")
