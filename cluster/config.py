@@ -149,12 +149,15 @@ class ModelSpec(StrictModel):
     def _check_placement_group_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        def resources(bundle: object) -> bool:
+            return isinstance(bundle, dict) and all(
+                isinstance(a, int | float) and not isinstance(a, bool) and a >= 0 for a in bundle.values())
+
         bundles = value.get("bundles")
-        if bundles is not None and not (
-            isinstance(bundles, list) and all(isinstance(b, dict) and all(
-                isinstance(a, int | float) and not isinstance(a, bool) and a >= 0 for a in b.values()) for b in bundles)
-        ):
+        if bundles is not None and not (isinstance(bundles, list) and all(resources(b) for b in bundles)):
             raise ValueError("bundles must be a list of resource mappings ({GPU: 0.5, CPU: 1}) of amounts >= 0")
+        if value.get("bundle_per_worker") is not None and not resources(value["bundle_per_worker"]):
+            raise ValueError("bundle_per_worker must be a resource mapping ({GPU: 1, CPU: 1}) of amounts >= 0")
         strategy = value.get("strategy", "PACK")
         if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {strategy!r}")

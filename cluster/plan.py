@@ -289,8 +289,9 @@ def _plan_model(i: int, spec: ModelSpec, nodes: Sequence[Node]) -> ModelPlan:
             raise _Refusal(f"{spec.model_id}: one replica needs {tp * pp} GPUs on one node (tensor parallel {tp}"
                            f"{f' x pipeline {pp}' if pp > 1 else ''}); the largest node offers {widest.kind}")
     else:
-        valid = [t for t in TENSOR_PARALLEL_SIZES
-                 if t * pp <= widest.gpus and tensor_parallel_problem(architecture, t) is None]
+        # A share of a GPU holds one engine worker (cluster.config): no tensor parallel size to choose.
+        sizes = (1,) if share < 1.0 else TENSOR_PARALLEL_SIZES
+        valid = [t for t in sizes if t * pp <= widest.gpus and tensor_parallel_problem(architecture, t) is None]
         budget = util * gpu_bytes
         full = [t for t in valid if memory.per_gpu_bytes(t, pp) <= budget]
         started = [t for t in valid if memory.per_gpu_bytes(t, pp, sequences=1) <= budget]

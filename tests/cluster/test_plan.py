@@ -137,6 +137,15 @@ def test_conflicting_memory_fractions_on_a_shared_gpu_name_the_key(engine_kwargs
     assert problem.startswith(expected)
 
 
+def test_a_stated_share_is_never_given_a_tensor_parallel_size() -> None:
+    """However short its memory, a replica on a share of a GPU stays one engine worker on that share."""
+    fleet = _fleet(_model("q", "Qwen/Qwen2.5-7B-Instruct", placement_group_config={"bundles": [{"GPU": 0.5}]},
+                          engine_kwargs={"gpu_memory_utilization": 0.45, "max_model_len": 32768}))
+    [m] = plan_fleet(fleet, parse_nodes("1x8xH100")).models
+    assert (m.tensor_parallel_size, m.gpu_share, m.chosen) == (1, 0.5, ())
+    assert m.memory is not None and (m.kv_sequences or 0) < m.memory.max_num_seqs
+
+
 def test_a_memory_fraction_that_fills_its_share_leaves_no_room_for_the_cuda_contexts() -> None:
     fleet = _fleet(_model("q", "Qwen/Qwen2.5-0.5B-Instruct", placement_group_config={"bundles": [{"GPU": 0.5}]},
                           engine_kwargs={"gpu_memory_utilization": 0.5, "max_model_len": 4096}))
