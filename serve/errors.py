@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,10 +85,15 @@ def clean_message(message: str) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
+# Control characters a client put in a name the message quotes (a knob, a field): written as escapes,
+# so that a message stays one line whatever the client sent.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def error_body(status: int, message: str, *, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
     return {
         "error": {
-            "message": message,
+            "message": _CONTROL.sub(lambda m: repr(m.group())[1:-1], message),
             "type": _TYPES.get(status, "APIError"),
             "param": param,
             "code": status if code is None else code,

@@ -45,8 +45,17 @@ def request_error_body(exc: Exception) -> dict[str, Any] | None:
     the replica still answered, so one client's odd request never takes it out of the cascade.
     """
     from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMNotFoundError, VLLMServerError
+    from vllm.v1.engine.exceptions import EngineGenerateError
 
-    if isinstance(exc, VLLMServerError):  # the engine died or failed: the replica is broken
+    if isinstance(exc, EngineGenerateError):
+        # One request failed in a live engine (vLLM: "recoverable"). Its cause says whose fault: data
+        # the engine cannot take (a number past 64 bits fails its serializer) is the request's.
+        cause = exc.__cause__
+        if isinstance(cause, ValueError | TypeError | OverflowError):
+            return error_body(400, f"the engine cannot take this request: {clean_message(str(cause))}")
+        logger.error("the engine failed on a request (answered 500)", exc_info=exc)
+        return error_body(500, "the engine failed on this request")
+    if isinstance(exc, VLLMServerError):  # the engine died: the replica is broken
         return None
     if isinstance(exc, GracefulHTTPError):  # the engine's admission control: busy, not broken
         status = int(exc.http_status)

@@ -163,3 +163,14 @@ def test_a_replicas_own_503_or_429_tells_the_client_when_to_retry() -> None:
         err = ApiError.from_body({"error": {"message": "engine busy", "code": status}})
         assert err.status == status and err.headers() == {"Retry-After": str(RETRY_AFTER_S)}
     assert ApiError.from_body({"error": {"message": "bad", "code": 400}}).headers() == {}
+
+
+def test_a_message_quoting_what_a_client_sent_stays_one_line() -> None:
+    """Found by the live fuzz: an unknown knob named "\\n\\x11" made a two-line message."""
+    from serve.cascade_run import CascadeKnobs, parse_knobs
+
+    default = CascadeKnobs(policy="cascade_routing", lambda_=0.5, max_depth=2)
+    with pytest.raises(ApiError) as info:
+        parse_knobs({"\n\x11": 1}, default, ("small",))
+    message = info.value.body()["error"]["message"]
+    assert "\n" not in message and "\x11" not in message and "\\n\\x11" in message, message

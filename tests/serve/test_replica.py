@@ -91,3 +91,22 @@ def test_a_body_the_request_model_refuses_by_raising_is_a_400_on_both_paths(
     lines = asyncio.run(answer())
     assert len(lines) == 1 and isinstance(lines[0], dict), lines
     assert lines[0]["error"]["code"] == 400 and lines[0]["error"].get("param") == param
+
+
+def test_one_request_failing_in_a_live_engine_leaves_the_replica_in_the_cascade() -> None:
+    """Found by the live fuzz: a number past 64 bits passes the request model, fails the engine's
+    serializer, and vLLM raises EngineGenerateError ("recoverable"): a 400, not a broken replica."""
+    from vllm.v1.engine.exceptions import EngineGenerateError
+
+    from serve.replica import request_error_body
+
+    def raised(cause: Exception) -> EngineGenerateError:
+        try:
+            raise EngineGenerateError() from cause
+        except EngineGenerateError as exc:
+            return exc
+
+    body = request_error_body(raised(OverflowError("can't serialize ints < -2**63 or > 2**64 - 1")))
+    assert body is not None and body["error"]["code"] == 400 and "serialize" in body["error"]["message"]
+    body = request_error_body(raised(RuntimeError("/secret/path")))
+    assert body is not None and body["error"]["code"] == 500 and "secret" not in body["error"]["message"]

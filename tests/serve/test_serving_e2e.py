@@ -226,6 +226,8 @@ HOSTILE = {
 HOSTILE_COMPLETIONS = {
     "a stream with no prompt": b'{"MODEL": 1, "stream": true, "prompt": null, "repetition_penalty": ""}',
     "structured_outputs false": b'{"MODEL": 1, "prompt": [6813], "structured_outputs": false}',
+    "a number past 64 bits for the engine": b'{"MODEL": 1, "prompt": "hi", "max_tokens": 2, '
+                                            b'"kv_transfer_params": {"x": -29499512615989862727680}}',
 }
 
 
