@@ -408,17 +408,20 @@ def test_bench_cost_floor_measures_identical_requests_on_the_fleet(fleet_url: st
 
 
 def test_stage_timeouts_skip_models_then_answer_503_with_retry_after(fleet_url: str, client: Any) -> None:
+    # The tightest stage timeout a request may ask for (1 s) against two answers of the whole context
+    # each: several seconds of engine time per stage on 2 cores.
     body = {
         "model": "cascade",
         "messages": CHAT,
-        "max_tokens": 400,
+        "max_tokens": 480,
         "ignore_eos": True,
-        "cascade": {"lambda": 1e9, "stage_timeout_s": 0.05},
+        "n": 2,
+        "cascade": {"lambda": 1e9, "stage_timeout_s": 1.0},
     }
     r = _post(fleet_url, "/v1/chat/completions", body)
     assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
-    assert "tiny-small: no answer within 0.05 s" in r.json()["error"]["message"]
-    assert "tiny-large: no answer within 0.05 s" in r.json()["error"]["message"]
+    assert "tiny-small: no answer within 1 s" in r.json()["error"]["message"]
+    assert "tiny-large: no answer within 1 s" in r.json()["error"]["message"]
     # Timed-out stages were cancelled and the replicas kept: the next request is served at once.
     assert client.chat.completions.create(model="cascade", messages=CHAT, max_tokens=4).model in (
         "tiny-small",
