@@ -12,13 +12,17 @@ Steps, one function each, called in order by :func:`run_calibrate`:
    model's error on the held-out ones.
 6. **Lambda curves** of every policy on the held-out validation half.
 7. **Report**: the Pareto report on the held-out test half (``evaluation.protocol``).
-8. **Budget**: the lambda for ``--budget`` on the fleet policy's curve.
-9. **Summary and save**: the artifacts (``estimators.artifacts``) and ``OUT/pareto.png``.
-10. **Unreachable budget**: a budget below the cheapest setting is an error, raised after step 9.
+8. **Served policy per budget** (``calibration.served_policy``): at ``--budget`` and a few budgets
+   across the reachable range, the candidates (the fleet file's policy and the simpler ones) chosen
+   between on the validation half, every policy's evidence on the test half, the promise checked.
+9. **Budget**: the lambda for ``--budget`` on the chosen policy's curve.
+10. **Summary and save**: the artifacts (``estimators.artifacts``) and ``OUT/pareto.png``.
+11. **Unreachable budget**: a budget below the cheapest setting is an error, raised after step 10.
 
-The fleet file can then say ``cascade: {artifacts: OUT, budget_gpu_s: B}`` and the controller serves
-with them. The run prints nothing: it tells a :class:`~calibration.reporter.Reporter` what it does
-(the command's terminal UI is ``cascade_serve.calibrate``).
+The fleet file can then say ``cascade: {artifacts: OUT}`` and the controller serves the policy chosen
+for ``--budget`` at its lambda; with ``budget_gpu_s: B`` it serves the fleet file's policy at B. The
+run prints nothing: it tells a :class:`~calibration.reporter.Reporter` what it does (the command's
+terminal UI is ``cascade_serve.calibrate``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from calibration.fit import GradedTable, build_table, lambda_curves, split_rows
 from calibration.prompt_set import PromptRow, load_prompt_set
 from calibration.replay import ReplayRecord, load_cache, permanent_failures, replay
 from calibration.reporter import Reporter, SilentReporter
+from calibration.served_policy import HeldOutHalves, report_budgets, served_policy_report
 from cluster.config import FleetConfig
 from cluster.fingerprint import fleet_fingerprints
 from estimators.artifacts import lambda_for_budget, save_artifacts
@@ -47,6 +52,7 @@ from estimators.stage import QueryInfo
 from estimators.table import QueryModelTable
 from estimators.trained_quality import TrainedQualityEstimator
 from evaluation.plots import plot_quality_cost
+from evaluation.policy_choice import candidate_policies
 from evaluation.protocol import ProtocolSettings, run_protocol
 from routing import BudgetUnreachableError, ScaledUncertainty, core_policy_name, fit_uncertainty_scale
 
@@ -95,7 +101,7 @@ def parse_budget(text: str, strongest_gpu_s: float) -> float:
 
 
 def run_calibrate(opts: CalibrateOptions, *, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run the whole calibration (module docstring, steps 1-10).
+    """Run the whole calibration (module docstring, steps 1-11).
 
     Parameters
     ----------
@@ -124,15 +130,20 @@ def run_calibrate(opts: CalibrateOptions, *, reporter: Reporter | None = None) -
     split = _split(graded.table, opts)
     fitted = _fit(opts, inputs, split, records, reporter)
     settings = _protocol_settings(graded.table, opts, inputs.max_depth)
-    curves = _lambda_curves(split.held, settings, fitted.quality, reporter)
+    curves, halves = _lambda_curves(split.held, settings, fitted.quality, reporter)
     report = _pareto_report(split, settings, reporter)
-    budget, unreachable = _budget(opts, inputs.fleet, graded.table, curves)
+    budget_gpu_s = None if opts.budget is None else parse_budget(opts.budget, _strongest_gpu_s(graded.table))
+    choice = _served_policy(opts, inputs, graded.table, curves, halves, budget_gpu_s, reporter)
+    budget, unreachable = _budget(budget_gpu_s, inputs.fleet, curves, choice)
     timing_s = {"replay": replay_s, "fit": fitted.fit_s, "total": time.perf_counter() - started_s}
     summary = _summary(opts, inputs, graded, split, fitted, curves, report, budget, timing_s)
+    summary["policy_choice"] = choice
     summary["uncertainty_scale"] = fitted.quality.uncertainty_scale_  # served: fitted with the lambda curves
     _save(opts, summary, fitted, report)
     if unreachable is not None:
-        raise _unreachable_error(opts, unreachable, _strongest_gpu_s(graded.table))
+        fleet_policy = core_policy_name(inputs.fleet.cascade.policy)
+        fleet_floor_gpu_s = min(p["cost"] for p in curves[fleet_policy])
+        raise _unreachable_error(opts, unreachable, _strongest_gpu_s(graded.table), fleet_floor_gpu_s)
     return summary
 
 
@@ -257,21 +268,26 @@ def _protocol_settings(table: QueryModelTable, opts: CalibrateOptions, max_depth
 
 def _lambda_curves(
     held: QueryModelTable, settings: ProtocolSettings, quality: TrainedQualityEstimator, reporter: Reporter
-) -> dict[str, list[dict[str, float]]]:
-    """Step 6: every policy's lambda curve on the held-out validation half, with the trained estimates."""
-    val, _test = train_test_split(np.arange(held.n_queries), test_size=settings.test_size,
-                                  random_state=settings.split_seed)
-    val_table = held.take(val)
+) -> tuple[dict[str, list[dict[str, float]]], HeldOutHalves]:
+    """Step 6: every policy's lambda curve on the held-out validation half, with the trained estimates;
+    and both halves as the policies see them (step 8 runs the policies on them)."""
+    val, test = train_test_split(np.arange(held.n_queries), test_size=settings.test_size,
+                                 random_state=settings.split_seed)
+    val_table, test_table = held.take(val), held.take(test)
     # The uncertainty the policies plan with is fitted here, on the prompts lambda is fitted on (never
     # the test half), from what answer selection gets on them; the served estimator keeps that factor.
     quality.set_uncertainty_scale(1.0)
-    raw = quality.estimate_source(val_table)
+    raw, raw_test = quality.estimate_source(val_table), quality.estimate_source(test_table)
     fit = fit_uncertainty_scale(raw, np.asarray(val_table.quality))
     quality.set_uncertainty_scale(fit.scale)
     reporter.note(f"uncertainty scale {fit.scale:g}, fitted on {len(val)} validation prompts; lambda curves ...")
     depth = settings.max_depth if settings.max_depth is not None else len(held.models)
-    return lambda_curves(ScaledUncertainty(raw, fit.scale), np.asarray(val_table.quality),
-                         np.asarray(val_table.cost), max_depth=depth)
+    halves = HeldOutHalves(
+        val_source=ScaledUncertainty(raw, fit.scale), val_quality=np.asarray(val_table.quality),
+        val_cost=np.asarray(val_table.cost), test_source=ScaledUncertainty(raw_test, fit.scale),
+        test_quality=np.asarray(test_table.quality), test_cost=np.asarray(test_table.cost))
+    curves = lambda_curves(halves.val_source, halves.val_quality, halves.val_cost, max_depth=depth)
+    return curves, halves
 
 
 def _pareto_report(split: _Split, settings: ProtocolSettings, reporter: Reporter) -> dict[str, Any]:
@@ -282,23 +298,46 @@ def _pareto_report(split: _Split, settings: ProtocolSettings, reporter: Reporter
     return report
 
 
+def _served_policy(
+    opts: CalibrateOptions, inputs: _Inputs, table: QueryModelTable, curves: dict[str, list[dict[str, float]]],
+    halves: HeldOutHalves, budget_gpu_s: float | None, reporter: Reporter,
+) -> dict[str, Any]:
+    """Step 8: the policy chosen on the validation half at each budget, and its evidence on the test half."""
+    reporter.note("choosing the served policy per budget on the validation prompts ...")
+    candidates = candidate_policies(core_policy_name(inputs.fleet.cascade.policy))
+    budgets = report_budgets(curves, candidates, budget_gpu_s)
+    return served_policy_report(curves, budgets, halves, max_depth=inputs.max_depth, models=table.models,
+                                candidates=candidates, seed=opts.seed)
+
+
 def _budget(
-    opts: CalibrateOptions, fleet: FleetConfig, table: QueryModelTable, curves: dict[str, list[dict[str, float]]]
+    budget_gpu_s: float | None, fleet: FleetConfig, curves: dict[str, list[dict[str, float]]],
+    choice: dict[str, Any],
 ) -> tuple[dict[str, Any] | None, BudgetUnreachableError | None]:
-    """Step 8: the summary's budget entry (None without ``--budget``), and the error of one out of reach."""
-    if opts.budget is None:
+    """Step 9: the summary's budget entry (None without ``--budget``), and the error of one out of reach.
+
+    ``chosen_under`` names the fleet file's policy the choice was made under: the controller serves the
+    chosen policy while the fleet file still names that one.
+    """
+    if budget_gpu_s is None:
         return None, None
-    budget_gpu_s = parse_budget(opts.budget, _strongest_gpu_s(table))
-    policy = core_policy_name(fleet.cascade.policy)
+    [entry] = [e for e in choice["budgets"] if e["budget"] == budget_gpu_s]
+    candidates = choice["candidates"]
+    policy = entry["chosen"]
     unreachable = None
-    try:
+    if policy is not None:
         point: dict[str, Any] = lambda_for_budget(curves[policy], budget_gpu_s)
-    except BudgetUnreachableError as exc:
-        # The fit is kept (saved, the budget marked out of reach): a reachable cascade.budget_gpu_s is
-        # then served from these curves without calibrating again.
-        unreachable = exc
-        point = {"lambda": None, "cheapest_gpu_s": exc.cheapest_cost}
-    return {"budget_gpu_s": budget_gpu_s, "policy": policy, **point}, unreachable
+    else:
+        # No candidate keeps the budget. The fit is kept (saved, the budget marked out of reach): a
+        # reachable cascade.budget_gpu_s is then served from these curves without calibrating again.
+        policy = candidates[0]
+        cheapest = min(p["cost"] for c in candidates for p in curves[c])
+        unreachable = BudgetUnreachableError(
+            f"budget {budget_gpu_s:.6g} GPU-s per query is below the cheapest setting ({cheapest:.6g} GPU-s per "
+            "query on the calibration prompts)", cheapest_cost=cheapest)
+        point = {"lambda": None, "cheapest_gpu_s": cheapest}
+    return {"budget_gpu_s": budget_gpu_s, "policy": policy, **point, "chosen_under": fleet.cascade.policy,
+            "candidates": list(candidates)}, unreachable
 
 
 def _strongest_gpu_s(table: QueryModelTable) -> float:
@@ -311,7 +350,7 @@ def _summary(
     curves: dict[str, list[dict[str, float]]], report: dict[str, Any], budget: dict[str, Any] | None,
     timing_s: dict[str, float],
 ) -> dict[str, Any]:
-    """Step 9, first half: what ``OUT/calibration.json`` says."""
+    """Step 10, first half: what ``OUT/calibration.json`` says."""
     table = graded.table
     model_gpu_s = np.asarray(table.cost).mean(axis=0)
     per_model = {
@@ -341,21 +380,24 @@ def _summary(
 
 
 def _save(opts: CalibrateOptions, summary: dict[str, Any], fitted: _Fitted, report: dict[str, Any]) -> None:
-    """Step 9, second half: the artifacts and the Pareto plot."""
+    """Step 10, second half: the artifacts and the Pareto plot."""
     save_artifacts(opts.out, summary, fitted.quality, fitted.cost)
     plot_quality_cost(report, opts.out / "pareto.png", title=f"{opts.prompts.name}: held-out test prompts")
 
 
 def _unreachable_error(
-    opts: CalibrateOptions, unreachable: BudgetUnreachableError, strongest_gpu_s: float
+    opts: CalibrateOptions, unreachable: BudgetUnreachableError, strongest_gpu_s: float, fleet_floor_gpu_s: float
 ) -> BudgetUnreachableError:
-    """Step 10: the error of a budget out of reach, naming the budget to ask for instead."""
+    """Step 11: the error of a budget out of reach, naming the budget to ask for instead: for ``--budget``
+    the cheapest candidate's floor; for the fleet file's ``budget_gpu_s``, which serves the fleet file's
+    policy, that policy's floor."""
     cheapest = unreachable.cheapest_cost
-    at_least = _round_up(cheapest)  # the figure the user copies must itself be reachable
+    at_least = _round_up(cheapest)  # the figures the user copies must themselves be reachable
+    fleet_at_least = _round_up(fleet_floor_gpu_s)
     percent = math.ceil(100 * cheapest / strongest_gpu_s)
     return BudgetUnreachableError(
         f"--budget {opts.budget}: {unreachable}. The estimators and lambda curves are saved in {opts.out}: "
-        f"serve them with cascade.budget_gpu_s >= {at_least:g} in the fleet file, or run again with "
+        f"serve them with cascade.budget_gpu_s >= {fleet_at_least:g} in the fleet file, or run again with "
         f"--budget {at_least:g} or more ({percent}% of the costliest model; the replay is cached, only "
         "the fit runs again)",
         cheapest_cost=cheapest,

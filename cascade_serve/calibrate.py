@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cascade_serve.policy_tables import print_policy_choice
 from cascade_serve.progress import LoggedProgress
 
 __all__ = ["ConsoleReporter", "print_summary"]
@@ -75,8 +76,9 @@ class ConsoleReporter:
 
 
 def print_summary(summary: dict[str, Any], out: Path, *, console: Console | None = None) -> None:
-    """The calibration's per-model table, the held-out AUCs, the budget's lambda and where the
-    artifacts are (``summary``: what ``calibration.run.run_calibrate`` returns)."""
+    """The calibration's per-model table, the held-out AUCs, the policy served per budget with its
+    evidence, the budget's policy and lambda, and where the artifacts are (``summary``: what
+    ``calibration.run.run_calibrate`` returns)."""
     console = console if console is not None else Console()
     models = Table(title="models (all calibration prompts; cost error on held-out prompts)")
     for col in ("model", "accuracy", "GPU-s / query", "cost MAPE ex ante", "given tokens"):
@@ -91,9 +93,16 @@ def print_summary(summary: dict[str, Any], out: Path, *, console: Console | None
     for k, v in summary["report"]["auc"].items():
         auc.add_row(k, f"{v:.2f}")
     console.print(auc)
-    if summary["budget"] is not None:
-        b = summary["budget"]
+    if "policy_choice" in summary:
+        print_policy_choice(summary["policy_choice"], console, cost_unit="GPU-s/query")
+    b = summary["budget"]
+    if b is not None:
+        chosen = f"; chosen among {' < '.join(b['candidates'])}" if "candidates" in b else ""
         console.print(f"budget {b['budget_gpu_s']:.4g} GPU-s/query → {b['policy']} lambda {b['lambda']:.4g} "
-                      f"(validation: {b['cost']:.4g} GPU-s, quality {b['quality']:.3f})")
+                      f"(validation: {b['cost']:.4g} GPU-s, quality {b['quality']:.3f}{chosen})")
     console.print(f"artifacts: {out}/calibration.json, {out}/estimators.pkl; plot: {out}/pareto.png")
-    console.print(f"serve with them: cascade: {{artifacts: {out}, budget_gpu_s: ...}} in the fleet file")
+    if b is not None and "chosen_under" in b:
+        console.print(f"serve with them: cascade: {{artifacts: {out}}} in the fleet file serves {b['policy']} at this "
+                      f"budget; with budget_gpu_s: B, the fleet file's policy ({b['chosen_under']}) at B")
+    else:
+        console.print(f"serve with them: cascade: {{artifacts: {out}, budget_gpu_s: ...}} in the fleet file")

@@ -93,10 +93,12 @@ def _run(table: Any, settings: Any, estimator_table: Any, *, jobs: int, quiet: b
 
 
 def _print_result(result: dict[str, Any], settings: Any, *, data_name: str) -> str:
-    """The AUC table (cascade routing's CI absolute, the others' as differences to it); returns its title."""
+    """The AUC table (cascade routing's CI absolute, the others' as differences to it), then the policy served
+    per budget with its evidence; returns the AUC table's title."""
     from rich.console import Console
     from rich.table import Table
 
+    from cascade_serve.policy_tables import print_policy_choice
     from evaluation.protocol import METHODS
 
     trained = settings.estimators == "trained"
@@ -129,6 +131,8 @@ def _print_result(result: dict[str, Any], settings: Any, *, data_name: str) -> s
     trained_rows = f"{s['n_estimator_training']} estimator-training / " if trained else ""
     out.print(f"{trained_rows}{s['n_validation']} validation / {s['n_test']} test queries, {s['n_budgets']} budgets, "
               f"{s['total_s']:.1f} s")
+    if "policy_choice" in result:
+        print_policy_choice(result["policy_choice"], out, cost_unit=s["cost_unit"])
     return title
 
 

@@ -5,7 +5,8 @@
 - ``calibration.json``: what a person (and the controller) reads: the fleet's model fingerprints,
   models in cost order, replay concurrency, per-model accuracy / GPU-seconds / cost-model error, the
   lambda curve of every policy (mean GPU-seconds and quality per constant lambda on validation
-  prompts), the budget asked for and its lambda, the held-out Pareto report's AUCs;
+  prompts), the budget asked for with the policy chosen for it and its lambda, the policy choice per
+  budget with its held-out evidence (``policy_choice``), the held-out Pareto report's AUCs;
 - ``estimators.pkl``: the fitted quality estimator and cost model (pickle: load only artifacts you
   wrote yourself, as with any pickle);
 - ``replay.jsonl`` (the resumable replay cache) and ``pareto.png``.

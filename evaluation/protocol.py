@@ -50,6 +50,8 @@ from evaluation.metrics import (
     paired_difference,
     single_model_points,
 )
+from evaluation.policy_choice import CANDIDATES
+from evaluation.policy_report import Outcomes, policy_report
 from evaluation.routerbench import MODEL_SETS
 from evaluation.simulated import draw_noise, simulated_estimates
 from routing import (
@@ -75,6 +77,8 @@ Progress = Callable[[str, int, int], None]
 # The test split is scored in this many fixed chunks, each with its own seeded tie-break rng, so the
 # results are the same whatever the number of processes.
 _TEST_CHUNKS = 2
+# The validation rows' tie-break stream: apart from the test chunks' ([seed, 0], [seed, 1], ...).
+_VALIDATION_STREAM = 1_000
 
 METHODS = CONSTANT_LAMBDA_POLICIES
 ESTIMATORS = ("simulated", "trained")
@@ -162,13 +166,16 @@ def run_protocol(
     estimator_params: dict[str, Any] | None = None,
     bootstrap_samples: bool = False,
 ) -> dict[str, Any]:
-    """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "settings"}``.
+    """Run the protocol; return a JSON-ready dict ``{"auc", "ci", "points", "policy_choice", "settings"}``.
 
     ``auc`` holds AUC ×100 per method plus ``"linear"``; ``ci`` the bootstrap interval of cascade
     routing (absolute) and of every other method's difference to it (paired, same resamples), and with
     ``bootstrap_samples`` every resample's AUC per method (``samples``: runs that share test rows and
     resamples, such as the seeds of one setting, then combine into paired CIs of their means);
-    ``points`` the (budget, cost, quality) curve per method on the test split.
+    ``points`` the (budget, cost, quality) curve per method on the test split; ``policy_choice`` the
+    policy chosen at each budget on the validation split (``evaluation.policy_choice``, among routing, the
+    optimal cascade and cascade routing) and every method's paired CIs on test against routing and every
+    single model (``evaluation.policy_report``).
 
     ``n_jobs`` processes share the work (fits by method, then the test split in two fixed halves);
     results do not depend on it.
@@ -196,13 +203,18 @@ def run_protocol(
     floor = float(c_val.mean(axis=0).min())
     fit_budgets = np.maximum(budgets, floor)
 
-    fit_s, policies = _fit_all(methods, fit_budgets, settings, est_val, q_val, c_val, n_jobs, progress)
+    fit_s, policies, on_validation = _fit_all(methods, fit_budgets, settings, est_val, q_val, c_val, n_jobs,
+                                              progress)
     t0 = time.perf_counter()
     per_query_q, per_query_c = _score_all(policies, est_test, q_test, c_test, settings.seed, n_jobs, progress)
     test_s = time.perf_counter() - t0
 
     auc, points = _curves(table.models, model_cost, model_quality, budgets, per_query_q, per_query_c, methods)
     ci = _bootstrap(per_query_q, per_query_c, q_test, c_test, settings, methods, keep_samples=bootstrap_samples)
+    choice = policy_report(
+        budgets, on_validation, {m: Outcomes(quality=per_query_q[m], cost=per_query_c[m]) for m in methods},
+        q_test, c_test, table.models, [m for m in CANDIDATES["cascade_routing"] if m in methods],
+        seed=settings.bootstrap_seed)
     record = {
         **asdict(settings),
         "models_used": list(table.models),
@@ -223,7 +235,7 @@ def run_protocol(
         "n_jobs": n_jobs,
         "total_s": time.perf_counter() - started,
     }
-    return {"auc": auc, "ci": ci, "points": points, "settings": record}
+    return {"auc": auc, "ci": ci, "points": points, "policy_choice": choice, "settings": record}
 
 
 def _split(n_queries: int, settings: ProtocolSettings) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
@@ -389,11 +401,13 @@ def _fit_method(
     est_val: _SplittableSource,
     q_val: FloatArray,
     c_val: FloatArray,
-) -> tuple[float, list[Policy]]:
-    """Fit one method at every budget; the budgets share one memo of validation states."""
+) -> tuple[float, list[Policy], Outcomes]:
+    """Fit one method at every budget, and score each fit on the validation rows (the policy choice reads
+    them); the budgets share one memo of validation states."""
     t0 = time.perf_counter()
     memos: StateMemos = {}
     policies = []
+    val_q, val_c = np.empty((len(fit_budgets), q_val.shape[0])), np.empty((len(fit_budgets), q_val.shape[0]))
     for b, budget in enumerate(fit_budgets):
         try:
             policy = _make_policy(method, float(budget), settings).fit(est_val, q_val, c_val, memos=memos)
@@ -403,8 +417,11 @@ def _fit_method(
             # the reference's bracketing does when it gives up (spec §1.4).
             policy = _make_policy(method, exc.cheapest_cost, settings).fit(est_val, q_val, c_val, memos=memos)
         policies.append(policy)
+        result = rollout(policy, est_val, q_val, c_val, rng=np.random.default_rng([settings.seed, _VALIDATION_STREAM]),
+                         memos=memos)
+        val_q[b], val_c[b] = result.quality, result.cost
         _report(f"fit {method}", b + 1, len(fit_budgets))
-    return time.perf_counter() - t0, policies
+    return time.perf_counter() - t0, policies, Outcomes(quality=val_q, cost=val_c)
 
 
 def _score_chunk(
@@ -475,15 +492,14 @@ def _fit_all(
     c_val: FloatArray,
     n_jobs: int,
     progress: Progress | None,
-) -> tuple[dict[str, float], dict[str, list[Policy]]]:
+) -> tuple[dict[str, float], dict[str, list[Policy]], dict[str, Outcomes]]:
     # The dearest fits first, so two workers finish together.
     order = sorted(methods, key=lambda m: -_FIT_WEIGHT.get(m, 0))
-    results = _run_tasks(
+    results = dict(zip(order, _run_tasks(
         [(_fit_method, (m, fit_budgets, settings, est_val, q_val, c_val)) for m in order], n_jobs, progress
-    )
-    fit_s = {m: r[0] for m, r in zip(order, results, strict=True)}
-    policies = {m: r[1] for m, r in zip(order, results, strict=True)}
-    return {m: fit_s[m] for m in methods}, {m: policies[m] for m in methods}
+    ), strict=True))
+    return ({m: results[m][0] for m in methods}, {m: results[m][1] for m in methods},
+            {m: results[m][2] for m in methods})
 
 
 def _score_all(

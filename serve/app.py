@@ -246,6 +246,7 @@ def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEst
     cascade = fleet.cascade
     quality: QualityEstimator
     cost: CostEstimator
+    policy: str = cascade.policy
     if cascade.artifacts is None:
         lam = _uncalibrated_lambda(fleet)
         quality, cost = LogprobQuality(), TokenCostModel()
@@ -253,10 +254,10 @@ def controller_parts(fleet: FleetConfig) -> tuple[ControllerSettings, QualityEst
         from estimators.calibrated_quality import CalibratedQuality
 
         artifacts = _artifacts(fleet)
-        lam = _calibrated_lambda(fleet, artifacts)
+        policy, lam = _calibrated_policy(fleet, artifacts)
         quality = CalibratedQuality(artifacts.quality, answer_kind=artifacts.summary["answer_kind"])
         cost = artifacts.cost
-    settings = ControllerSettings(policy=cascade.policy, lambda_=lam, max_depth=cascade.max_depth or len(fleet.models),
+    settings = ControllerSettings(policy=policy, lambda_=lam, max_depth=cascade.max_depth or len(fleet.models),
                                   stage_timeout_s=cascade.stage_timeout_s, max_in_flight=cascade.max_in_flight,
                                   request_timeout_s=cascade.request_timeout_s)
     return settings, quality, cost
@@ -285,27 +286,36 @@ def _artifacts(fleet: FleetConfig) -> Artifacts:
         raise ConfigError("<fleet>", [f"cascade.artifacts: {exc}"]) from None
 
 
-def _calibrated_lambda(fleet: FleetConfig, artifacts: Artifacts) -> float:
-    """The fleet's lambda: given, or fitted to ``budget_gpu_s`` (or the calibrated budget) by calibration."""
+def _calibrated_policy(fleet: FleetConfig, artifacts: Artifacts) -> tuple[str, float]:
+    """The fleet's policy (an API name) and lambda: the fleet file's policy at the given lambda, or at the
+    lambda its curve gives ``budget_gpu_s``; else the calibrated budget's, whose policy calibration chose
+    (its ``chosen_under`` names the fleet file's policy it chose under; artifacts without it hold the
+    fleet file's policy)."""
     from estimators.artifacts import ArtifactsError
-    from routing import core_policy_name
+    from routing import API_POLICY_NAMES, core_policy_name
 
     settings = fleet.cascade
     try:
         if settings.lambda_ is not None:
-            return settings.lambda_
+            return settings.policy, settings.lambda_
         policy = core_policy_name(settings.policy)
         if settings.budget_gpu_s is not None:
-            return artifacts.lambda_for(policy, settings.budget_gpu_s)
+            return settings.policy, artifacts.lambda_for(policy, settings.budget_gpu_s)
         budget = artifacts.summary.get("budget")
-        if budget is None or budget["policy"] != policy:
+        chosen_under = None if budget is None else budget.get("chosen_under")
+        if chosen_under is not None and chosen_under != settings.policy:
+            raise ArtifactsError(f"the calibrated budget's policy was chosen under cascade.policy {chosen_under!r}, "
+                                 f"the fleet file now says {settings.policy!r}; calibrate again, or give "
+                                 "cascade.budget_gpu_s or cascade.lambda")
+        if budget is None or (chosen_under is None and budget["policy"] != policy):
             raise ArtifactsError("the artifacts hold no budget for policy "
                                  f"{policy!r}; give cascade.budget_gpu_s or cascade.lambda")
         if budget["lambda"] is None:
             raise ArtifactsError(f"the calibrated budget {budget['budget_gpu_s']:.4g} GPU-s per query is below the "
                                  f"cheapest setting ({budget['cheapest_gpu_s']:.6g}); give a larger "
                                  "cascade.budget_gpu_s, or cascade.lambda")
-        return float(budget["lambda"])
+        api_names = {core: api for api, core in API_POLICY_NAMES.items()}
+        return api_names[budget["policy"]], float(budget["lambda"])
     except ArtifactsError as exc:
         raise ConfigError("<fleet>", [f"cascade.artifacts: {exc}"]) from None
 

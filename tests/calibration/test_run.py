@@ -19,7 +19,9 @@ import yaml
 from fake_http import running, send_json
 
 from calibration.run import CalibrateOptions, _round_up, parse_budget, run_calibrate
+from calibration.served_policy import REPORT_BUDGETS
 from cascade_serve.main import main
+from evaluation.policy_report import PROMISE
 from routing import BudgetUnreachableError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,6 +153,7 @@ def test_a_run_reports_its_steps_in_order_and_saves_what_it_returns(fake_fleet: 
         ("note", f"uncertainty scale {summary['uncertainty_scale']:g}, fitted on 8 validation prompts; "
                  "lambda curves ..."),
         ("note", "Pareto report on the held-out test prompts ..."),
+        ("note", "choosing the served policy per budget on the validation prompts ..."),
     ]
     assert summary["uncertainty_scale"] >= 0
     assert reporter.progress_of == {"replay 40 prompts x 2 models": (80, 80), "grade answers": (80, 80)}
@@ -161,10 +164,20 @@ def test_a_run_reports_its_steps_in_order_and_saves_what_it_returns(fake_fleet: 
     assert summary["prompts"] | {"file": None} == {
         "file": None, "total": 40, "used": 40, "missing_answers": [], "grade_problems": [], "training": 24,
         "held_out": 16, "seed": 0}
-    assert summary["budget"]["policy"] == "cascade_routing" and summary["budget"]["lambda"] is not None
+    # The budget serves the policy chosen for it on validation, among the fleet file's and the simpler ones.
+    choice = summary["policy_choice"]
+    assert choice["candidates"] == ["routing", "optimal_cascade", "cascade_routing"]
+    budgets = [entry["budget"] for entry in choice["budgets"]]
+    assert len(budgets) in (REPORT_BUDGETS, REPORT_BUDGETS + 1) and budgets == sorted(budgets)
+    [at_budget] = [entry for entry in choice["budgets"] if entry["budget"] == summary["budget"]["budget_gpu_s"]]
+    assert summary["budget"]["policy"] == at_budget["chosen"] and summary["budget"]["lambda"] is not None
+    assert summary["budget"]["chosen_under"] == "cascade_routing"
+    assert choice["never_below_routing"]["claim"] == PROMISE
+    assert choice["never_below_routing"]["pass"] == (choice["never_below_routing"]["failed_budgets"] == [])
     assert set(summary["timing_s"]) == {"replay", "fit", "total"}
     saved = json.loads((opts.out / "calibration.json").read_text())
     assert saved["per_model"] == summary["per_model"] and saved["budget"] == summary["budget"]
+    assert saved["policy_choice"] == json.loads(json.dumps(choice))
     assert (opts.out / "estimators.pkl").exists() and (opts.out / "pareto.png").stat().st_size > 0
 
     # Again with a budget out of reach: nothing is replayed, the fit is saved, then the error says what to ask for.

@@ -19,7 +19,7 @@ def test_eval_routerbench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Ca
                "--json", str(out_json), "--plot", str(out_png), *FAST])
     assert rc == 0
     result = json.loads(out_json.read_text())
-    assert set(result) == {"auc", "ci", "points", "settings"}
+    assert set(result) == {"auc", "ci", "points", "policy_choice", "settings"}
     assert set(result["auc"]) == {"linear", "routing", "threshold_cascade", "optimal_cascade", "cascade_routing"}
     assert all(0.0 <= v <= 100.0 for v in result["auc"].values())
     ci = result["ci"]["cascade_routing"]
@@ -28,7 +28,13 @@ def test_eval_routerbench_writes_json_and_plot(tmp_path: Path, capsys: pytest.Ca
     points = result["points"]["cascade_routing"]
     assert len(points["cost"]) == len(points["quality"]) == result["settings"]["n_budgets"]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "cascade_routing" in capsys.readouterr().out
+    choice = result["policy_choice"]
+    assert len(choice["budgets"]) == result["settings"]["n_budgets"]
+    assert {entry["chosen"] for entry in choice["budgets"]} <= {"routing", "optimal_cascade", "cascade_routing"}
+    printed = capsys.readouterr().out
+    assert "cascade_routing" in printed
+    verdict = "PASS" if choice["never_below_routing"]["pass"] else "FAIL"
+    assert f"on held-out prompts, never below routing (paired CI): {verdict}" in printed
 
 
 def test_eval_routerbench_same_seed_same_result(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ def test_results_do_not_depend_on_the_number_of_processes() -> None:
     assert one["auc"] == two["auc"]
     assert one["points"] == two["points"]
     assert one["ci"] == two["ci"]
+    assert one["policy_choice"] == two["policy_choice"]
 
 
 def test_progress_reports_every_fit_and_test_budget() -> None:
@@ -91,7 +92,7 @@ def test_a_grid_budget_below_what_a_policy_reaches_is_fitted_at_its_cheapest() -
     q = np.tile([0.5, 0.6], (n, 1))
     table = TableEstimates(q_ante=q, q_post=q, var_ante=np.zeros((n, 2)), var_post=np.zeros((n, 2)),
                            cost_ante=cost_ante, cost_post=cost_ante)
-    _, policies = _fit_method("routing", np.array([1.0, 1.1]), ProtocolSettings(models=("a", "b"), **FAST), table, q,
-                              np.tile([1.0, 1.1], (n, 1)))
+    _, policies, _ = _fit_method("routing", np.array([1.0, 1.1]), ProtocolSettings(models=("a", "b"), **FAST), table,
+                                 q, np.tile([1.0, 1.1], (n, 1)))
     assert [p.max_expected_cost for p in policies] == [pytest.approx(1.02), 1.1]
     assert policies[0].fit_cost_ == pytest.approx(1.02)

@@ -48,6 +48,62 @@ def test_controller_parts_are_typed_settings_and_the_interim_estimators() -> Non
     assert pickle.loads(pickle.dumps((settings, quality, cost)))[0] == settings
 
 
+def _calibrated_fleet(folder: Path, budget: dict[str, Any], **cascade: Any) -> FleetConfig:
+    """The CPU fleet (hub ids: nothing to hash) serving artifacts whose calibrated budget is ``budget``."""
+    from cluster.fingerprint import fleet_fingerprints
+    from estimators.artifacts import save_artifacts
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = f"fake/{entry['model_loading_config']['model_id']}"
+    data["cascade"] = {**{k: v for k, v in data["cascade"].items() if k != "lambda"}, "artifacts": str(folder),
+                       **cascade}
+    fleet = FleetConfig.from_mapping(data)
+    curve = [{"lambda": 0.0, "cost": 0.05, "quality": 0.8}, {"lambda": 9.0, "cost": 0.01, "quality": 0.5}]
+    summary = {"fingerprints": fleet_fingerprints(fleet), "answer_kind": "final", "budget": budget,
+               "lambda_curves": {name: curve for name in ("routing", "optimal_cascade", "cascade_routing")}}
+    save_artifacts(folder, summary, quality=None, cost=None)
+    return fleet
+
+
+@pytest.mark.parametrize(("chosen", "served"), [("routing", "routing"), ("optimal_cascade", "cascade"),
+                                                 ("cascade_routing", "cascade_routing")])
+def test_the_calibrated_budget_serves_the_policy_calibration_chose(chosen: str, served: str, tmp_path: Path) -> None:
+    """``cascade calibrate`` chose among the fleet file's policy and the simpler ones on validation: the
+    controller serves its choice at its lambda."""
+    from serve.app import controller_parts
+
+    budget = {"budget_gpu_s": 0.03, "policy": chosen, "lambda": 4.0, "cost": 0.029, "quality": 0.7,
+              "chosen_under": "cascade_routing", "candidates": ["routing", "optimal_cascade", "cascade_routing"]}
+    settings, _quality, _cost = controller_parts(_calibrated_fleet(tmp_path, budget))
+    assert (settings.policy, settings.lambda_) == (served, 4.0)
+
+
+def test_artifacts_without_a_choice_serve_the_fleet_files_policy(tmp_path: Path) -> None:
+    """Artifacts calibrated before the choice existed name the fleet file's policy, which serves."""
+    from serve.app import controller_parts
+
+    budget = {"budget_gpu_s": 0.03, "policy": "cascade_routing", "lambda": 4.0, "cost": 0.029, "quality": 0.7}
+    settings, _quality, _cost = controller_parts(_calibrated_fleet(tmp_path, budget))
+    assert (settings.policy, settings.lambda_) == ("cascade_routing", 4.0)
+    with pytest.raises(ConfigError, match=r"cascade\.artifacts: the artifacts hold no budget for policy 'routing'"):
+        controller_parts(_calibrated_fleet(tmp_path, budget, policy="routing"))
+
+
+def test_a_choice_made_under_another_policy_or_a_fleet_budget_serve_the_fleet_files_policy(tmp_path: Path) -> None:
+    """A fleet file that now names another policy does not serve the old choice; a ``budget_gpu_s`` of the
+    fleet file serves the fleet file's policy at the lambda its curve gives."""
+    from serve.app import controller_parts
+
+    budget = {"budget_gpu_s": 0.03, "policy": "routing", "lambda": 4.0, "cost": 0.029, "quality": 0.7,
+              "chosen_under": "cascade_routing", "candidates": ["routing", "optimal_cascade", "cascade_routing"]}
+    with pytest.raises(ConfigError, match=r"chosen under cascade\.policy 'cascade_routing', the fleet file now says "
+                                          r"'cascade'; calibrate again"):
+        controller_parts(_calibrated_fleet(tmp_path, budget, policy="cascade"))
+    settings, _quality, _cost = controller_parts(_calibrated_fleet(tmp_path, budget, budget_gpu_s=0.02))
+    assert (settings.policy, settings.lambda_) == ("cascade_routing", 9.0)
+
+
 def test_build_app_takes_exactly_a_config_path(tmp_path: Path) -> None:
     from serve.app import build_app
 
