@@ -167,11 +167,11 @@ class CascadeLLMServer(LLMServer):  # type: ignore[misc]
                     started = True
                     yield batch
         except Exception as exc:
-            answer = request_error_body(exc)
-            if answer is None:
+            refusal = request_error_body(exc)
+            if refusal is None:
                 raise
             # Before the first line the caller answers with the status; after it, one error event.
-            yield (f"data: {json.dumps(answer)}\n\n" if started else answer)  # type: ignore[misc]
+            yield (f"data: {json.dumps(refusal)}\n\n" if started else refusal)  # type: ignore[misc]
 
 
 def _cleaned(body: dict[str, Any]) -> dict[str, Any]:
