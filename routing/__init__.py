@@ -1,8 +1,10 @@
-"""Cascade routing (Dekoninck, Baader, Vechev, ICML 2025): pure numpy/scipy decision core.
+"""Cascade routing (Dekoninck, Baader, Vechev, ICML 2025): the decision core, numpy/scipy plus numba.
 
 Routing, cascades and cascade routing behind one decision interface, their fitting to an average
 cost budget, and fast simulation over a table of queries (the paper's evaluation metrics live in
-``evaluation.metrics``). Nothing here imports Ray, vLLM, torch, pydantic or scikit-learn.
+``evaluation.metrics``). The live search is compiled with numba on first use (``warm_up``), so
+``import routing`` loads numpy and scipy only. Nothing here imports Ray, vLLM, torch, pydantic or
+scikit-learn.
 """
 
 from routing._base import NotFittedError, Policy, check_is_fitted
@@ -19,7 +21,7 @@ from routing._lambda_search import BudgetUnreachableError, LambdaFit, fit_lambda
 from routing._routing_lp import Router
 from routing._simulate import Rollout, rollout
 from routing._state_quality import StateMemos
-from routing._supermodel_search import Decision, search_supermodel
+from routing._supermodel_search import Decision, search_supermodel, warm_up
 from routing._threshold_cascade import ThresholdCascade
 from routing._uncertainty_scale import (
     DEFAULT_SCALE_GRID,
@@ -57,4 +59,5 @@ __all__ = [
     "fit_uncertainty_scale",
     "rollout",
     "search_supermodel",
+    "warm_up",
 ]

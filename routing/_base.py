@@ -54,8 +54,8 @@ class Policy(ABC):
     """Base of routing, cascades and cascade routing.
 
     Subclasses set ``max_expected_cost`` (the budget, average cost per query), ``strategy``,
-    ``n_search`` and ``seed`` in ``__init__`` and implement ``n_steps``, ``_decide_batch`` and
-    ``_decide_one``.
+    ``n_search`` and ``seed`` in ``__init__`` and implement ``n_steps`` and ``_decide_batch``; a
+    faster path for a single decision overrides ``_decide_one``.
     """
 
     max_expected_cost: float | None
@@ -179,8 +179,10 @@ class Policy(ABC):
     def _resolve_lambdas(self, lambdas: FloatArray | None) -> FloatArray:
         if lambdas is not None:
             return np.asarray(lambdas, dtype=np.float64)
-        check_is_fitted(self)
-        fitted: FloatArray = self.lambdas_
+        fitted: FloatArray | None = getattr(self, "lambdas_", None)
+        if fitted is None:
+            check_is_fitted(self)
+            raise AttributeError(f"{type(self).__name__} has no lambdas_")
         return fitted
 
     def _resolve_gamma(self) -> float:
@@ -214,17 +216,29 @@ class Policy(ABC):
         lam = self._resolve_lambdas(lambdas)
         gamma = float(self.gamma_) if hasattr(self, "gamma_") else 0.0
         answered = np.asarray(answered, dtype=bool)
-        if estimates.n_queries != 1:
+        if estimates.q_mean.shape[0] != 1:
             raise ValueError(f"decide takes the estimates of one query, got {estimates.n_queries}")
-        if answered.shape != (estimates.n_models,):
+        if answered.shape != (estimates.q_mean.shape[1],):
             raise ValueError(f"answered has shape {answered.shape}, expected ({estimates.n_models},)")
         if rng is None:
             if self._rng is None:
                 self._rng = np.random.default_rng(self.seed)
             rng = self._rng
-        step = int(answered.sum())
+        return self._decide_one(estimates, answered, int(np.count_nonzero(answered)), lam, gamma, rng)
+
+    def _decide_one(
+        self,
+        estimates: Estimates,
+        answered: BoolArray,
+        step: int,
+        lambdas: FloatArray,
+        expensive_tie: bool | float,
+        rng: np.random.Generator,
+    ) -> Decision:
+        """The decision of one query (``decide`` after validation): the batch path on a batch of one.
+        Policies whose single decision has a faster path override it."""
         run_next, answer_from = self._decide_batch(
-            estimates, answered[None, :], np.zeros(1, dtype=np.intp), step, lam, gamma, rng, None
+            estimates, answered[None, :], np.zeros(1, dtype=np.intp), step, lambdas, expensive_tie, rng, None
         )
         if run_next[0] >= 0:
             return Decision(int(run_next[0]), None)

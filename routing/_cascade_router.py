@@ -15,7 +15,14 @@ from routing._estimates import Estimates
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._lambda_search import Strategy
 from routing._state_quality import StateMemos, StateQuality
-from routing._supermodel_search import DEFAULT_TIE_TOL, Order, allowed_models, search_supermodel
+from routing._supermodel_search import (
+    DEFAULT_TIE_TOL,
+    Decision,
+    Order,
+    allowed_models,
+    search_compiled,
+    search_supermodel,
+)
 
 __all__ = ["CascadeRouter", "OptimalCascade"]
 
@@ -87,6 +94,40 @@ class _SupermodelPolicy(Policy):
                 answer[i] = decision.answer_from
         return run_next, answer
 
+    def _decide_one(
+        self,
+        estimates: Estimates,
+        answered: BoolArray,
+        step: int,
+        lambdas: FloatArray,
+        expensive_tie: bool | float,
+        rng: np.random.Generator,
+    ) -> Decision:
+        """``_decide_batch`` of one live query, without its batch arrays: the search directly (the
+        compiled one unless the estimates are correlated)."""
+        n_models = answered.shape[0]
+        lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
+        depth = min(lambdas.shape[0], self.n_steps(n_models))
+        var = None if estimates.q_var is None else estimates.q_var[0]
+        if estimates.q_cov is None:
+            return search_compiled(estimates.q_mean[0], estimates.cost[0], answered, lam, var, depth, self._order,
+                                   self._greedy, self._prune, expensive_tie, rng, self.tie_tol)
+        return search_supermodel(
+            estimates.q_mean[0],
+            estimates.cost[0],
+            answered,
+            lam,
+            cov=estimates.q_cov[0],
+            max_depth=depth,
+            order=self._order,
+            greedy=self._greedy,
+            prune=self._prune,
+            expensive_tie=expensive_tie,
+            rng=rng,
+            tie_tol=self.tie_tol,
+            n_qmc_points=self.n_qmc_points,
+            seed=self.seed,
+        )
 
     def _memo(
         self, memos: StateMemos, row: int, bits: int, est: Estimates, answered: BoolArray, i: int

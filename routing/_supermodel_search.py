@@ -8,11 +8,14 @@ added sets U, kept in increasing index order so each subset appears once (spec �
 - ``order="forward"``: only models above the largest index run so far (``force_order``);
 - ``order="prefix"``: only the next model in list order, so candidates are prefixes (Alg. 2).
 
-Three ways to the same argmax:
+Four ways to the same argmax:
 
-- ``_search_pruned`` (the live path): Lemma-1 pruning (spec §4.4: a child P ∪ {m} whose marginal
-  quality does not pay for lambda c_m is dropped with its descendants, sound because E[max] is
-  submodular) plus branch and bound on pairwise gain bounds;
+- ``routing._kernels.search`` (the live path, compiled with numba): the branch and bound below,
+  walked depth first, for independent or no uncertainty;
+- ``_search_pruned`` (numpy; correlated estimates, and the reference of the compiled search):
+  Lemma-1 pruning (spec §4.4: a child P ∪ {m} whose marginal quality does not pay for lambda c_m is
+  dropped with its descendants, sound because E[max] is submodular) plus branch and bound on
+  pairwise gain bounds;
 - ``_search_all``: plain enumeration, the reference for tests and the no-pruning ablation;
 - candidate tables (``StateQuality.candidate_table``): every candidate of a state scored once and
   kept if it wins for some lambda, for the simulator, which decides each state for many lambdas.
@@ -25,8 +28,11 @@ lookahead (spec §8 item 8). Candidates within ``tie_tol`` of the best are ties,
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from types import ModuleType
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,7 +40,8 @@ from numpy.typing import NDArray
 from routing._expected_max import DEFAULT_QMC_POINTS
 from routing._state_quality import StateQuality
 
-__all__ = ["Decision", "Order", "allowed_models", "search_supermodel"]
+__all__ = ["Decision", "Order", "allowed_models", "search_compiled", "search_supermodel", "search_supermodel_numpy",
+           "warm_up"]
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -112,7 +119,115 @@ def search_supermodel(
     memo : StateQuality, optional
         The memo of this query state (same estimates, same answered set): values of scored sets and
         the quadrature grid. Reusing it across decisions in the same state makes simulation cheap.
+
+    Without covariance or memo (a live decision) the search runs compiled (``routing._kernels``);
+    otherwise, and as the reference the tests compare it with, in numpy (``search_supermodel_numpy``).
     """
+    if cov is None and memo is None:
+        return search_compiled(mu, cost, answered, lam, var, max_depth, order, greedy, prune, expensive_tie, rng,
+                               tie_tol)
+    return search_supermodel_numpy(
+        mu, cost, answered, lam, var=var, cov=cov, max_depth=max_depth, order=order, greedy=greedy, prune=prune,
+        expensive_tie=expensive_tie, rng=rng, tie_tol=tie_tol, n_qmc_points=n_qmc_points, seed=seed, memo=memo,
+    )
+
+
+_ORDER_CODES = {"any": 0, "forward": 1, "prefix": 2}
+
+
+def search_compiled(
+    mu: FloatArray,
+    cost: FloatArray,
+    answered: BoolArray,
+    lam: float,
+    var: FloatArray | None,
+    max_depth: int | None,
+    order: Order,
+    greedy: bool,
+    prune: bool,
+    expensive_tie: bool | float,
+    rng: np.random.Generator | None,
+    tie_tol: float,
+) -> Decision:
+    """``search_supermodel`` by the compiled kernel, arguments by position (a live decision's path).
+
+    Every argument is cast to the one signature ``warm_up`` compiles (contiguous, writable float64
+    and bool arrays, Python scalars): any other type would make numba compile on the request.
+    """
+    kernels = _load_kernels()
+    mu = _writable(mu, np.float64)
+    n_models = mu.shape[0]
+    cheap, dear, several, answer_from = kernels.search(
+        mu,
+        mu if var is None else _writable(var, np.float64),
+        _writable(cost, np.float64),
+        _writable(answered, np.bool_),
+        float(lam),
+        n_models if max_depth is None else min(int(max_depth), n_models),
+        _ORDER_CODES[order],
+        bool(greedy),
+        bool(prune),
+        float(tie_tol),
+        var is None,
+        *kernels.QUADRATURE,
+    )
+    first = dear if (several and _draw_expensive(expensive_tie, rng)) else cheap
+    if first >= 0:
+        return Decision(int(first), None)
+    return Decision(None, int(answer_from) if answer_from >= 0 else None)
+
+
+def _writable(a: NDArray[Any], dtype: type) -> NDArray[Any]:
+    # numba types read-only arrays apart (a broadcast or frozen estimate would compile anew).
+    out: NDArray[Any] = np.ascontiguousarray(a, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
+@cache
+def _load_kernels() -> ModuleType:
+    """The compiled kernels, imported on first use so that ``import routing`` does not load numba."""
+    from routing import _kernels
+
+    return _kernels
+
+
+def warm_up() -> float:
+    """Make the live search ready: import numba and load the compiled search from numba's disk cache
+    (``routing/__pycache__``), or compile it if the cache is missing or stale, which takes far
+    longer. Call it once at start so that no request pays for it; returns the seconds it took.
+
+    A serving controller calls it before taking requests; ``scripts/bench_routing.py`` measures it.
+    """
+    t0 = time.perf_counter()
+    mu = np.array([0.3, 0.5, 0.6, 0.7])
+    cost = np.array([0.1, 0.2, 0.4, 0.8])
+    answered = np.array([True, True, True, False])
+    for var in (np.array([1e-6, 1e-6, 1e-6, 0.09]), None):
+        search_supermodel(mu, cost, answered, 0.1, var=var)
+    return time.perf_counter() - t0
+
+
+def search_supermodel_numpy(
+    mu: FloatArray,
+    cost: FloatArray,
+    answered: BoolArray,
+    lam: float,
+    *,
+    var: FloatArray | None = None,
+    cov: FloatArray | None = None,
+    max_depth: int | None = None,
+    order: Order = "any",
+    greedy: bool = False,
+    prune: bool = True,
+    expensive_tie: bool | float = False,
+    rng: np.random.Generator | None = None,
+    tie_tol: float = DEFAULT_TIE_TOL,
+    n_qmc_points: int = DEFAULT_QMC_POINTS,
+    seed: int = 0,
+    memo: StateQuality | None = None,
+) -> Decision:
+    """``search_supermodel`` in numpy, for every kind of uncertainty: the reference of the compiled
+    search, and the path of correlated estimates and of the simulator's memos."""
     n_models = mu.shape[0]
     run = np.flatnonzero(answered)
     r = run.shape[0]

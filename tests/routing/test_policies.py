@@ -25,6 +25,7 @@ from routing import (
     search_supermodel,
 )
 from routing._lambda_search import BUDGET_RTOL
+from routing._supermodel_search import search_supermodel_numpy
 
 POLICIES = [Router, ThresholdCascade, OptimalCascade, CascadeRouter]
 # Brute-force and search score E[max] by different quadrature grids (error ~1e-6): near-ties closer
@@ -61,13 +62,19 @@ def _search_instances(
 # the supermodel search
 
 
+# The live search (compiled for independent or no uncertainty) and the numpy search it replaced.
+SEARCHES = {"compiled": search_supermodel, "numpy": search_supermodel_numpy}
+
+
+@pytest.mark.parametrize("search", list(SEARCHES))
 @pytest.mark.parametrize("uncertainty", ["var", "cov", "none"])
-def test_pruned_search_equals_full_enumeration(uncertainty: str, make_state, make_lambda, brute) -> None:
+def test_pruned_search_equals_full_enumeration(uncertainty: str, search: str, make_state, make_lambda, brute) -> None:
     """Lemma-1 pruning and branch and bound are exact: same Decision as prune=False, on random states.
 
     Correlated sets of three or more are scored by QMC, which is submodular only up to its error
     (spec §4.4), so there a difference is allowed when the best supermodel wins by less than that.
     """
+    search_supermodel = SEARCHES[search]
     mismatches = []
     for state, lam, options in _search_instances(make_state, make_lambda, uncertainty, 400, seed=1):
         args = (state["mu"], state["cost"], state["answered"], lam)
@@ -80,11 +87,13 @@ def test_pruned_search_equals_full_enumeration(uncertainty: str, make_state, mak
     assert not mismatches, f"{len(mismatches)} of 400 differ; first: {mismatches[0]}"
 
 
+@pytest.mark.parametrize("search", list(SEARCHES))
 @pytest.mark.parametrize("uncertainty", ["var", "cov", "none"])
 @pytest.mark.parametrize("prune", [False, True])
-def test_search_equals_brute_force(uncertainty: str, prune: bool, make_state, make_lambda, brute) -> None:
+def test_search_equals_brute_force(uncertainty: str, prune: bool, search: str, make_state, make_lambda, brute) -> None:
     """Against the naive enumeration of spec §4.1 (with pruning, correlated states must win by more
     than the QMC error: pruning is exact only for a submodular E[max])."""
+    search_supermodel = SEARCHES[search]
     ambiguous = QMC_TOL if (prune and uncertainty == "cov") else AMBIGUOUS
     compared = 0
     for state, lam, options in _search_instances(make_state, make_lambda, uncertainty, 300, seed=2):
@@ -120,9 +129,11 @@ BOUND_CASES = {
 
 
 @pytest.mark.parametrize("case", list(BOUND_CASES), ids=list(BOUND_CASES))
-def test_pruned_search_keeps_extensions_skipped_by_the_bound(case: str, brute) -> None:
+@pytest.mark.parametrize("search", list(SEARCHES))
+def test_pruned_search_keeps_extensions_skipped_by_the_bound(case: str, search: str, brute) -> None:
     """Regression: a child P ∪ {x} cut by branch and bound must stay usable as an extension of its
     earlier siblings (P ∪ {y} -> P ∪ {y, x}); dropping it loses the optimum, so a wrong model runs."""
+    search_supermodel = SEARCHES[search]
     mu, cost, var, lam, depth, best = (np.asarray(v) if isinstance(v, list) else v for v in BOUND_CASES[case])
     answered = np.zeros(mu.shape[0], dtype=bool)
     expected = brute(mu, cost, answered, lam, var=var, max_depth=depth)
