@@ -16,6 +16,7 @@ the engine's request models, described there):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -33,6 +34,7 @@ from cluster.config import CascadeSettings
 from serve import openapi
 from serve.controller import CascadeController, Reply
 from serve.errors import error_body
+from serve.logs import controller_logger
 from serve.watch import live_models
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
@@ -243,6 +245,12 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
             deployments: dict[str, str] = kwargs.pop("replica_deployments", {})
             watch = functools.partial(live_models, deployments) if deployments else None
             self.controller = controller_cls(*args, echo_request_id=False, replica_watch=watch, **kwargs)
+            # The decision core's compiled search is loaded (or compiled, once per install) before Serve
+            # routes a request here, so no request pays for it; off the loop, which the probes share.
+            from routing import warm_up
+
+            warm_s = await asyncio.to_thread(warm_up)
+            controller_logger().info("decision core ready in %.1f s", warm_s)
             self.controller.start()
 
         async def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
