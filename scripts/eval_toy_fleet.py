@@ -351,6 +351,7 @@ def _live(args: argparse.Namespace, task: Task, cal_file: Path, eval_rows: list[
             task_id = bar.add_task("live evaluation", total=(len(models) + len(plan)) * len(eval_rows))
             items: list[tuple[str, str, float | None]] = [("single", m, None) for m in models]
             items += [(key, "cascade", lam) for key, lam in plan]
+            item_bodies = []
             for kind, model, lam in items:
                 bodies = []
                 for msgs in messages:
@@ -359,7 +360,17 @@ def _live(args: argparse.Namespace, task: Task, cal_file: Path, eval_rows: list[
                     if lam is not None:
                         body["cascade"] = {"policy": POLICIES[kind], "lambda": lam, "max_depth": summary["max_depth"]}
                     bodies.append(body)
-                replies = asyncio.run(_ask_all(url, bodies, args.concurrency, lambda: bar.advance(task_id)))
+                item_bodies.append(bodies)
+            # Interleaved, prompt by prompt: the controller learns costs online from every answer, so
+            # policies run one after another would each meet a different controller (the last one after
+            # thousands of requests); interleaved, all meet the same one at each moment.
+            order = [(i, j) for j in range(len(messages)) for i in range(len(items))]
+            flat = asyncio.run(_ask_all(url, [item_bodies[i][j] for i, j in order], args.concurrency,
+                                        lambda: bar.advance(task_id)))
+            replies_of: list[list[dict[str, Any]]] = [[{} for _ in messages] for _ in items]
+            for (i, j), reply in zip(order, flat, strict=True):
+                replies_of[i][j] = reply
+            for (kind, model, lam), replies in zip(items, replies_of, strict=True):
                 texts = [(r["choices"][0]["message"]["content"] or "") for r in replies]
                 quality = np.array([numeric_match(t, a) for t, a in zip(texts, answers, strict=True)])
                 if kind == "single":
