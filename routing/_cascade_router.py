@@ -20,7 +20,6 @@ from routing._supermodel_search import (
     Decision,
     Order,
     allowed_models,
-    search_compiled,
     search_supermodel,
 )
 
@@ -103,22 +102,17 @@ class _SupermodelPolicy(Policy):
         expensive_tie: bool | float,
         rng: np.random.Generator,
     ) -> Decision:
-        """``_decide_batch`` of one live query, without its batch arrays: the search directly (the
-        compiled one unless the estimates are correlated)."""
+        """``_decide_batch`` of one live query, without its batch arrays or memo: ``search_supermodel``
+        directly, which runs the compiled search unless the estimates are correlated."""
         n_models = answered.shape[0]
-        lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
-        depth = min(lambdas.shape[0], self.n_steps(n_models))
-        var = None if estimates.q_var is None else estimates.q_var[0]
-        if estimates.q_cov is None:
-            return search_compiled(estimates.q_mean[0], estimates.cost[0], answered, lam, var, depth, self._order,
-                                   self._greedy, self._prune, expensive_tie, rng, self.tie_tol)
         return search_supermodel(
             estimates.q_mean[0],
             estimates.cost[0],
             answered,
-            lam,
-            cov=estimates.q_cov[0],
-            max_depth=depth,
+            float(lambdas[min(step, lambdas.shape[0] - 1)]),
+            var=None if estimates.q_var is None else estimates.q_var[0],
+            cov=None if estimates.q_cov is None else estimates.q_cov[0],
+            max_depth=min(lambdas.shape[0], self.n_steps(n_models)),
             order=self._order,
             greedy=self._greedy,
             prune=self._prune,
