@@ -103,7 +103,7 @@ async def _run_block(fn: Any, bodies: list[dict[str, Any]], concurrency: int) ->
     return latencies, time.perf_counter() - t0, outputs
 
 
-async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task: Any) -> dict[str, Any]:
+async def bench(args: argparse.Namespace, default_lambda: float, bar: Any, task: Any) -> dict[str, Any]:
     from ray import serve
 
     from serve.deploy import APP_NAME
@@ -197,6 +197,20 @@ async def _bench(args: argparse.Namespace, default_lambda: float, bar: Any, task
     return {"levels": levels, "mixed": mixed}
 
 
+def headline(levels: dict[str, Any]) -> dict[str, float]:
+    """The run's top-level numbers from its levels: overheads at the lowest concurrency (per stage, the
+    pinned cascade has one), the controller/direct throughput ratio at the highest."""
+    c1 = levels["1"] if "1" in levels else levels[str(min(int(c) for c in levels))]
+    top = levels[str(max(int(c) for c in levels))]
+    return {
+        "controller_overhead_ms_p50": c1["controller"]["p50_ms"] - c1["direct"]["p50_ms"],
+        "passthrough_overhead_ms_p50": c1["passthrough"]["p50_ms"] - c1["direct"]["p50_ms"],
+        "controller_non_engine_overhead_ms_p50": (
+            c1["non_engine_ms_p50"]["controller"] - c1["non_engine_ms_p50"]["direct"]),
+        "throughput_ratio": top["controller"]["throughput_rps"] / top["direct"]["throughput_rps"],
+    }
+
+
 def _gpu_ms(response: dict[str, Any]) -> float:
     """Engine time of a direct answer: queue, prefill and decode (vLLM's per-request metrics)."""
     m = response.get("metrics") or {}
@@ -269,19 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(f"http://127.0.0.1:{port}", 900)
             start_s = time.perf_counter() - t0
             bar.update(task, description="benchmark", total=len(args.concurrency) + 1, completed=0)
-            result = asyncio.run(_bench(args, float(fleet.cascade.lambda_ or 0.0), bar, task))
+            result = asyncio.run(bench(args, float(fleet.cascade.lambda_ or 0.0), bar, task))
     finally:
         serve.shutdown()
         ray.shutdown()
 
     levels = result["levels"]
-    c1 = levels["1"] if "1" in levels else levels[str(min(int(c) for c in levels))]
-    top = levels[str(max(int(c) for c in levels))]
-    result["controller_overhead_ms_p50"] = c1["controller"]["p50_ms"] - c1["direct"]["p50_ms"]
-    result["passthrough_overhead_ms_p50"] = c1["passthrough"]["p50_ms"] - c1["direct"]["p50_ms"]
-    result["controller_non_engine_overhead_ms_p50"] = (
-        c1["non_engine_ms_p50"]["controller"] - c1["non_engine_ms_p50"]["direct"])
-    result["throughput_ratio"] = top["controller"]["throughput_rps"] / top["direct"]["throughput_rps"]
+    result.update(headline(levels))
     result["fleet_start_s"] = start_s
     result["settings"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                           "cpus": os.cpu_count()}
