@@ -9,8 +9,8 @@
     cascade up models.cpu.yaml --port 8000     # deploy the fleet on Ray Serve (outlives the command)
     cascade status / cascade down [--stop-ray]
     cascade calibrate models.cpu.yaml --prompts data.jsonl --budget 40%   # on the running fleet
-    cascade demo                               # local CPU fleet, a few prompts through the cascade
-    cascade demo --toy                         # the same with tiny models trained to add (checkable answers)
+    cascade demo                               # trained CPU fleet, calibrated, the cascade measured live
+    cascade demo --tiny / --toy                # a few prompts with their routing traces
 
 Bad input ends with exit code 2 and one clear line on stderr, never a traceback.
 """
@@ -70,7 +70,25 @@ def _uncertainty_scale(text: str) -> float | None:
     return value
 
 
+def _margin_se(text: str) -> float:
+    """A budget margin in standard errors: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of standard errors >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of standard errors >= 0, got {text!r}")
+    return value
+
+
+_MARGIN_HELP = ("fit each budget's lambda so that the validation mean cost plus SE standard errors of it stays "
+                "within the budget: the budget's sampling error on few validation rows (default {default}; "
+                "0: the paper's fit)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from routing import DEFAULT_BUDGET_MARGIN_SE
+
     parser = argparse.ArgumentParser(prog="cascade", description="cascade-serve: cascade routing for local LLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("eval", help="offline evaluations of the routing policies")
@@ -107,6 +125,12 @@ def _build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--uncertainty-scale", type=_uncertainty_scale, default=None, metavar="fit|FACTOR",
                     help="factor on the estimators' variances in E[max]: 'fit' chooses it on the validation rows "
                     "(default); a number >= 0 fixes it (1: as the estimators state it, 0: no uncertainty)")
+    rb.add_argument("--budget-margin", type=_margin_se, default=DEFAULT_BUDGET_MARGIN_SE, metavar="SE",
+                    help=_MARGIN_HELP.format(default=DEFAULT_BUDGET_MARGIN_SE))
+    rb.add_argument("--calibration-shrinkage", choices=["none", "empirical_bayes"], default=None,
+                    help="simulated estimators' per-model calibration: empirical_bayes pulls each model's slope "
+                    "toward the pooled one by how noisy it is, none fits each model alone (default: the "
+                    "protocol's, evaluation.protocol.ProtocolSettings)")
     rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
                     help="lambda fitting: per-step search or one constant lambda (default per_step)")
     rb.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10, the paper's)")
@@ -214,14 +238,26 @@ def _build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--max-depth", type=int, default=None, help="models per query (default: the fleet file's)")
     ca.add_argument("--seed", type=int, default=0, help="split and estimator seed (default 0)")
     ca.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the report (default 200)")
+    ca.add_argument("--budget-margin", type=_margin_se, default=DEFAULT_BUDGET_MARGIN_SE, metavar="SE",
+                    help=_MARGIN_HELP.format(default=DEFAULT_BUDGET_MARGIN_SE))
     ca.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    de = sub.add_parser("demo", help="build the tiny models, bring up the CPU fleet locally, run prompts through "
-                        "the cascade and print each answer with its routing trace")
-    de.add_argument("--fleet", type=Path, default=None,
-                    help="fleet file (default models.cpu.yaml, or models.toy.yaml with --toy)")
-    de.add_argument("--toy", action="store_true", help="the toy fleet: four tiny models trained to add integers "
-                    "(trained on first use, about 3.5 min on 2 cores) and held-out addition questions")
+    de = sub.add_parser("demo", help="build the trained recall fleet, bring it up locally, calibrate it, and measure "
+                        "live what the cascade is worth: accuracy and GPU-seconds against the strongest model alone "
+                        "and routing")
+    de.add_argument("--fleet", type=Path, default=None, help="fleet file (default models.recall.yaml; "
+                    "models.cpu.yaml with --tiny, models.toy.yaml with --toy)")
+    de.add_argument("--budget", default="50%", help="GPU-seconds per question, or a share of the strongest model's "
+                    "(default 50%%)")
+    de.add_argument("--questions", type=int, default=200, help="held-out questions asked of each arm (default 200, "
+                    "at most 200)")
+    de.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    de.add_argument("--recalibrate", action="store_true", help="replay the calibration prompts again instead of "
+                    "refitting from the cached replay")
+    de.add_argument("--tiny", action="store_true", help="instead: random tiny models (gibberish answers), a few "
+                    "prompts, each answer's routing trace")
+    de.add_argument("--toy", action="store_true", help="instead: four tiny models trained to add integers (about "
+                    "3.5 min on 2 cores the first time), held-out addition questions with their traces")
     de.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     de.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness (default 900)")
     return parser
@@ -336,10 +372,20 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from cascade_serve.demo import run_demo
+    if args.tiny and args.toy:
+        raise ValueError("--tiny and --toy are two different demos: give one")
+    if args.tiny or args.toy:
+        from cascade_serve.demo import run_demo
 
-    fleet = args.fleet or Path("models.toy.yaml" if args.toy else "models.cpu.yaml")
-    return run_demo(fleet, port=args.port, timeout_s=args.timeout, toy=args.toy)
+        fleet = args.fleet or Path("models.toy.yaml" if args.toy else "models.cpu.yaml")
+        return run_demo(fleet, port=args.port, timeout_s=args.timeout, toy=args.toy)
+    from cascade_serve.value_demo import DemoOptions, run_value_demo
+
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {args.concurrency}")
+    return run_value_demo(DemoOptions(fleet_file=args.fleet or Path("models.recall.yaml"), port=args.port,
+                                      timeout_s=args.timeout, budget=args.budget, n_questions=args.questions,
+                                      concurrency=args.concurrency, recalibrate=args.recalibrate))
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -353,7 +399,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         fleet_file=args.file, prompts=args.prompts, out=out, url=args.url or "http://127.0.0.1:8000",
         budget=args.budget, held_out=args.held_out, concurrency=args.concurrency, seed=args.seed,
         grader=args.grader, max_tokens=args.max_tokens, max_depth=args.max_depth,
-        api_key=keys[0] if keys else None, bootstrap=args.bootstrap,
+        api_key=keys[0] if keys else None, bootstrap=args.bootstrap, budget_margin_se=args.budget_margin,
     )
     try:
         with ConsoleReporter(quiet=args.quiet) as reporter:
