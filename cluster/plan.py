@@ -34,7 +34,7 @@ from cluster.memory import (
     replica_memory,
     tensor_parallel_problem,
 )
-from cluster.nodes import Node
+from cluster.nodes import Node, custom_resources
 
 __all__ = ["CONTROLLER", "FleetPlan", "ModelPlan", "Placement", "PlanError", "apply_plan", "plan_fleet",
            "smallest_cluster"]
@@ -76,6 +76,9 @@ class ModelPlan:
     cpus_per_replica: float
     strategy: str  # Ray's placement strategy of a replica's bundles
     chosen: tuple[str, ...] = ()  # engine settings the plan chose where the entry left them open
+    # Custom resources one replica asks for (a node group's label in its bundles): it goes only to a
+    # node that offers them. Sorted (name, amount) pairs.
+    custom: tuple[tuple[str, float], ...] = ()
 
     @property
     def workers(self) -> int:
@@ -97,10 +100,10 @@ class ModelPlan:
         """A replica's placement-group bundles as Ray Serve LLM derives them (the replica actor's CPUs in
         the first)."""
         if not self.gpu_share:
-            return ({"CPU": self.cpus_per_replica},)
+            return ({"CPU": self.cpus_per_replica, **dict(self.custom)},)
         label = {f"accelerator_type:{self.accelerator_type}": 0.001} if self.accelerator_type else {}
         bundles = [{"GPU": self.gpu_share, **label} for _ in range(self.workers)]
-        bundles[0] = {"CPU": self.cpus_per_replica, **bundles[0]}
+        bundles[0] = {"CPU": self.cpus_per_replica, **bundles[0], **dict(self.custom)}
         return tuple(bundles)
 
     def to_json(self) -> dict[str, Any]:
@@ -228,6 +231,19 @@ def _cpus_per_replica(spec: ModelSpec) -> float:
     return float(actor) + bundle_cpus
 
 
+def _custom_per_replica(spec: ModelSpec) -> tuple[tuple[str, float], ...]:
+    """The custom resources of a replica's bundles and actor (a node group's label, say)."""
+    pg = spec.placement_group_config or {}
+    workers = spec.tensor_parallel_size * int(spec.engine_kwargs.get("pipeline_parallel_size", 1))
+    asked = [pg["bundle_per_worker"]] * workers if pg.get("bundle_per_worker") else list(pg.get("bundles") or [])
+    asked.append((spec.deployment_config.get("ray_actor_options") or {}).get("resources") or {})
+    total: dict[str, float] = {}
+    for bundle in asked:
+        for name, amount in custom_resources(bundle):
+            total[name] = total.get(name, 0.0) + amount
+    return tuple(sorted(total.items()))
+
+
 def _largest(nodes: Sequence[Node]) -> Node:
     return max(nodes, key=lambda n: (n.gpus * n.gpu_memory_bytes, n.cpus or 0))
 
@@ -249,6 +265,7 @@ def _plan_cpu_model(i: int, spec: ModelSpec, replicas: tuple[int, int]) -> Model
         gpu_memory_utilization=None, kv_sequences=None, replicas=replicas[0], max_replicas=replicas[1],
         cpus_per_replica=_cpus_per_replica(spec), strategy=str((spec.placement_group_config or {}).get("strategy",
                                                                                                         "PACK")),
+        custom=_custom_per_replica(spec),
     )
 
 
@@ -337,6 +354,7 @@ def _plan_model(i: int, spec: ModelSpec, nodes: Sequence[Node]) -> ModelPlan:
         gpu_share=share, gpu_memory_utilization=util, kv_sequences=held,
         replicas=replicas[0], max_replicas=replicas[1], cpus_per_replica=_cpus_per_replica(spec),
         strategy=str((spec.placement_group_config or {}).get("strategy", "PACK")), chosen=tuple(chosen),
+        custom=_custom_per_replica(spec),
     )
 
 
@@ -357,20 +375,26 @@ class _Cluster:
         self.nodes = list(nodes)
         self.gpu_free = {n.name: [1.0] * n.gpus for n in nodes}
         self.cpu_free = {n.name: n.cpus for n in nodes}
+        self.custom_free = {n.name: dict(n.custom) for n in nodes}
 
-    def _cpus_fit(self, node: Node, cpus: float) -> bool:
+    def _cpus_fit(self, node: Node, cpus: float, custom: tuple[tuple[str, float], ...] = ()) -> bool:
         free = self.cpu_free[node.name]
-        return free is None or cpus <= free + 1e-9
+        offered = self.custom_free[node.name]
+        return (free is None or cpus <= free + 1e-9) and all(amount <= offered.get(name, 0.0) + 1e-9
+                                                               for name, amount in custom)
 
-    def _take_cpus(self, node: Node, cpus: float) -> None:
+    def _take_cpus(self, node: Node, cpus: float, custom: tuple[tuple[str, float], ...] = ()) -> None:
         free = self.cpu_free[node.name]
         if free is not None:
             self.cpu_free[node.name] = free - cpus
+        for name, amount in custom:
+            self.custom_free[node.name][name] -= amount
 
     def place(self, m: ModelPlan, replica: int) -> Placement | None:
         if not m.gpu_share:
-            return self.place_cpus(m.model_id, replica, m.cpus_per_replica)
-        nodes = [n for n in self.nodes if n.offers(m.accelerator_type) and self._cpus_fit(n, m.cpus_per_replica)]
+            return self.place_cpus(m.model_id, replica, m.cpus_per_replica, m.custom)
+        nodes = [n for n in self.nodes
+                 if n.offers(m.accelerator_type) and self._cpus_fit(n, m.cpus_per_replica, m.custom)]
         if m.gpu_share == 1.0:
             for node in nodes:
                 whole = [g for g, free in enumerate(self.gpu_free[node.name]) if free >= 1.0 - 1e-9]
@@ -378,7 +402,7 @@ class _Cluster:
                     taken = tuple(whole[: m.workers])
                     for g in taken:
                         self.gpu_free[node.name][g] = 0.0
-                    self._take_cpus(node, m.cpus_per_replica)
+                    self._take_cpus(node, m.cpus_per_replica, m.custom)
                     return Placement(m.model_id, replica, node.name, taken, 1.0)
             return None
         # A share goes to the fullest GPU that still holds it: whole GPUs stay whole for what needs them.
@@ -388,21 +412,24 @@ class _Cluster:
             return None
         _, _, g, node = min(fits, key=lambda f: (f[0], f[1], f[2]))
         self.gpu_free[node.name][g] -= m.gpu_share
-        self._take_cpus(node, m.cpus_per_replica)
+        self._take_cpus(node, m.cpus_per_replica, m.custom)
         return Placement(m.model_id, replica, node.name, (g,), m.gpu_share)
 
-    def place_cpus(self, deployment: str, replica: int, cpus: float) -> Placement | None:
+    def place_cpus(self, deployment: str, replica: int, cpus: float,
+                   custom: tuple[tuple[str, float], ...] = ()) -> Placement | None:
         # CPU-only work goes to nodes without GPUs first (a head node), then to any with room.
         for node in sorted(self.nodes, key=lambda n: n.gpus > 0):
-            if self._cpus_fit(node, cpus):
-                self._take_cpus(node, cpus)
+            if self._cpus_fit(node, cpus, custom):
+                self._take_cpus(node, cpus, custom)
                 return Placement(deployment, replica, node.name, (), 0.0)
         return None
 
     def left(self, m: ModelPlan) -> str:
         """What is left that the model might use, for its refusal line."""
         if not m.gpu_share:
-            return ", ".join(f"{n}: {free:g} CPUs" for n, free in self.cpu_free.items() if free is not None) or "-"
+            return ", ".join(
+                f"{n}: {free:g} CPUs" + "".join(f", {a:g} {r}" for r, a in self.custom_free[n].items())
+                for n, free in self.cpu_free.items() if free is not None) or "-"
         parts = []
         for node in self.nodes:
             if node.offers(m.accelerator_type):
@@ -429,9 +456,10 @@ def _assign(models: Sequence[ModelPlan], nodes: Sequence[Node],
     for m, r in order:
         placed = cluster.place(m, r)
         if placed is None:
+            labels = "".join(f", {amount:g} {name}" for name, amount in m.custom)
             raise PlanError([f"{m.model_id}: replica {r + 1} of {count(m)} finds no room "
                              f"({m.gpus_per_replica:g} GPU of {m.accelerator_type or 'any kind'} and "
-                             f"{m.cpus_per_replica:g} CPU on one node); left: {cluster.left(m)}"])
+                             f"{m.cpus_per_replica:g} CPU{labels} on one node); left: {cluster.left(m)}"])
         placements.append(placed)
     controller = cluster.place_cpus(CONTROLLER, 0, CONTROLLER_CPUS)
     if controller is None:

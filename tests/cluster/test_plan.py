@@ -232,3 +232,35 @@ def test_live_nodes_from_ray_resources() -> None:
     assert node_from_resources("head", {"CPU": 8.0}) == Node("head", None, 0, 0, 8.0, None)
     with pytest.raises(NodeSpecError, match="node n: 2 GPU\\(s\\) of an unknown kind"):
         node_from_resources("n", {"CPU": 8.0, "GPU": 2.0})
+
+
+def test_custom_resources_of_live_nodes_are_kept_and_placement_group_shares_are_not() -> None:
+    node = node_from_resources("127.0.0.1/ab12cd", {"CPU": 1.0, "memory": 1e9, "group_small": 1.0,
+                                                    "node:127.0.0.1": 1.0, "object_store_memory": 1e8,
+                                                    "CPU_group_0_f00d": 0.5, "bundle_group_f00d": 1000.0})
+    assert node.custom == (("group_small", 1.0),)
+    assert node.resources()["group_small"] == 1.0
+    assert "group_small" in node.kind
+
+
+def _group_nodes() -> list[Node]:
+    return [node_from_resources(name, {"CPU": cpus, **extra}) for name, cpus, extra in (
+        ("head", 2.0, {}), ("worker-1", 1.0, {"group_large": 1.0}), ("worker-2", 1.0, {"group_small": 1.0}))]
+
+
+def test_a_model_pinned_to_a_node_group_is_planned_on_the_node_that_offers_it() -> None:
+    fleet = FleetConfig.from_file(REPO / "models.cpu.multinode.yaml")
+    plan = plan_fleet(fleet, _group_nodes())
+    where = {p.deployment: p.node for p in plan.placements}
+    assert where == {"tiny-small": "worker-2", "tiny-large": "worker-1", "CascadeController": "head"}
+    [small] = [m for m in plan.models if m.model_id == "tiny-small"]
+    assert small.bundles() == ({"CPU": 0.5, "group_small": 1.0},)
+
+
+def test_a_node_group_no_node_offers_is_refused_naming_it() -> None:
+    fleet = FleetConfig.from_file(REPO / "models.cpu.multinode.yaml")
+    nodes = [n for n in _group_nodes() if n.name != "worker-2"]
+    with pytest.raises(PlanError) as info:
+        plan_fleet(fleet, nodes)
+    [line] = info.value.problems
+    assert line.startswith("tiny-small: ") and "1 group_small" in line and "0 group_small" in line
