@@ -37,7 +37,7 @@ from calibration.replay import ReplayRecord
 from estimators.answer_signals import answer_stats
 from estimators.calibrated_quality import SERVING_TASK
 from estimators.table import ANSWER_STATS, QueryModelTable
-from routing import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy, rollout
+from routing import CONSTANT_LAMBDA_POLICIES, constant_lambda_policy, cost_standard_error, rollout
 
 __all__ = ["GRADER_KINDS", "GradedTable", "build_table", "lambda_curves", "split_rows"]
 
@@ -129,12 +129,16 @@ def lambda_curves(
     source: Any, quality: FloatArray, cost: FloatArray, *, max_depth: int,
     policies: Sequence[str] = CONSTANT_LAMBDA_POLICIES,
 ) -> dict[str, list[dict[str, float]]]:
-    """Per policy: mean cost and quality of each constant lambda (module docstring, step 5)."""
+    """Per policy: mean cost, its standard error and mean quality of each constant lambda (module docstring,
+    step 5)."""
     out: dict[str, list[dict[str, float]]] = {}
     for name in policies:
         points = []
         for lam in lambda_grid(name, float(cost.mean())):
             result = rollout(constant_lambda_policy(name, lam, max_depth), source, quality, cost)
-            points.append({"lambda": lam, "cost": float(result.cost.mean()), "quality": float(result.quality.mean())})
+            # cost_se: the standard error of the mean cost, from which a budget keeps its margin
+            # (estimators.artifacts.lambda_for_budget, routing._budget_margin).
+            points.append({"lambda": lam, "cost": float(result.cost.mean()),
+                           "cost_se": cost_standard_error(result.cost), "quality": float(result.quality.mean())})
         out[name] = points
     return out

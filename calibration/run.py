@@ -46,7 +46,7 @@ from calibration.reporter import Reporter, SilentReporter
 from calibration.served_policy import HeldOutHalves, report_budgets, served_policy_report
 from cluster.config import FleetConfig
 from cluster.fingerprint import fleet_fingerprints
-from estimators.artifacts import lambda_for_budget, save_artifacts
+from estimators.artifacts import lambda_for_budget, point_cost_bound, save_artifacts
 from estimators.calibrated_cost import CostSample, GpuTimeCostModel
 from estimators.stage import QueryInfo
 from estimators.table import QueryModelTable
@@ -54,7 +54,13 @@ from estimators.trained_quality import TrainedQualityEstimator
 from evaluation.plots import plot_quality_cost
 from evaluation.policy_choice import candidate_policies
 from evaluation.protocol import ProtocolSettings, run_protocol
-from routing import BudgetUnreachableError, ScaledUncertainty, core_policy_name, fit_uncertainty_scale
+from routing import (
+    DEFAULT_BUDGET_MARGIN_SE,
+    BudgetUnreachableError,
+    ScaledUncertainty,
+    core_policy_name,
+    fit_uncertainty_scale,
+)
 
 __all__ = ["QUALITY_PARAMS", "CalibrateOptions", "parse_budget", "run_calibrate"]
 
@@ -84,6 +90,9 @@ class CalibrateOptions:
     max_depth: int | None = None
     api_key: str | None = None
     bootstrap: int = 200
+    # A budget's lambda keeps the validation mean cost plus this many standard errors within the budget
+    # (routing._budget_margin); recorded in calibration.json, where the controller reads it.
+    budget_margin_se: float = DEFAULT_BUDGET_MARGIN_SE
 
 
 def parse_budget(text: str, strongest_gpu_s: float) -> float:
@@ -134,15 +143,16 @@ def run_calibrate(opts: CalibrateOptions, *, reporter: Reporter | None = None) -
     report = _pareto_report(split, settings, reporter)
     budget_gpu_s = None if opts.budget is None else parse_budget(opts.budget, _strongest_gpu_s(graded.table))
     choice = _served_policy(opts, inputs, graded.table, curves, halves, budget_gpu_s, reporter)
-    budget, unreachable = _budget(budget_gpu_s, inputs.fleet, curves, choice)
+    budget, unreachable = _budget(budget_gpu_s, inputs.fleet, curves, choice, opts.budget_margin_se)
     timing_s = {"replay": replay_s, "fit": fitted.fit_s, "total": time.perf_counter() - started_s}
     summary = _summary(opts, inputs, graded, split, fitted, curves, report, budget, timing_s)
     summary["policy_choice"] = choice
+    summary["budget_margin_se"] = opts.budget_margin_se  # Artifacts.lambda_for serves budgets with it
     summary["uncertainty_scale"] = fitted.quality.uncertainty_scale_  # served: fitted with the lambda curves
     _save(opts, summary, fitted, report)
     if unreachable is not None:
         fleet_policy = core_policy_name(inputs.fleet.cascade.policy)
-        fleet_floor_gpu_s = min(p["cost"] for p in curves[fleet_policy])
+        fleet_floor_gpu_s = min(point_cost_bound(p, opts.budget_margin_se) for p in curves[fleet_policy])
         raise _unreachable_error(opts, unreachable, _strongest_gpu_s(graded.table), fleet_floor_gpu_s)
     return summary
 
@@ -263,7 +273,8 @@ def _cost_samples(table: QueryModelTable, rows: Mapping[str, PromptRow], records
 def _protocol_settings(table: QueryModelTable, opts: CalibrateOptions, max_depth: int) -> ProtocolSettings:
     """The Pareto report's settings; the lambda curves reproduce its validation/test split."""
     return ProtocolSettings(models=tuple(table.models), estimators="trained", noise=None, seed=opts.seed,
-                            test_size=0.5, max_depth=max_depth, n_bootstrap=opts.bootstrap)
+                            test_size=0.5, max_depth=max_depth, n_bootstrap=opts.bootstrap,
+                            budget_margin_se=opts.budget_margin_se)
 
 
 def _lambda_curves(
@@ -305,14 +316,15 @@ def _served_policy(
     """Step 8: the policy chosen on the validation half at each budget, and its evidence on the test half."""
     reporter.note("choosing the served policy per budget on the validation prompts ...")
     candidates = candidate_policies(core_policy_name(inputs.fleet.cascade.policy))
-    budgets = report_budgets(curves, candidates, budget_gpu_s)
+    budgets = report_budgets(curves, candidates, budget_gpu_s, margin_se=opts.budget_margin_se)
     return served_policy_report(curves, budgets, halves, max_depth=inputs.max_depth, models=table.models,
+                                margin_se=opts.budget_margin_se,
                                 candidates=candidates, seed=opts.seed)
 
 
 def _budget(
     budget_gpu_s: float | None, fleet: FleetConfig, curves: dict[str, list[dict[str, float]]],
-    choice: dict[str, Any],
+    choice: dict[str, Any], margin_se: float = 0.0,
 ) -> tuple[dict[str, Any] | None, BudgetUnreachableError | None]:
     """Step 9: the summary's budget entry (None without ``--budget``), and the error of one out of reach.
 
@@ -326,12 +338,12 @@ def _budget(
     policy = entry["chosen"]
     unreachable = None
     if policy is not None:
-        point: dict[str, Any] = lambda_for_budget(curves[policy], budget_gpu_s)
+        point: dict[str, Any] = lambda_for_budget(curves[policy], budget_gpu_s, margin_se=margin_se)
     else:
         # No candidate keeps the budget. The fit is kept (saved, the budget marked out of reach): a
         # reachable cascade.budget_gpu_s is then served from these curves without calibrating again.
         policy = candidates[0]
-        cheapest = min(p["cost"] for c in candidates for p in curves[c])
+        cheapest = min(point_cost_bound(p, margin_se) for c in candidates for p in curves[c])
         unreachable = BudgetUnreachableError(
             f"budget {budget_gpu_s:.6g} GPU-s per query is below the cheapest setting ({cheapest:.6g} GPU-s per "
             "query on the calibration prompts)", cheapest_cost=cheapest)

@@ -45,10 +45,14 @@ def _settings(args: argparse.Namespace, table: Any) -> Any:
     noise = None if trained else (args.noise or "low")
     if not trained and noise not in NOISE_LEVELS:
         raise ValueError(f"--noise must be one of {sorted(NOISE_LEVELS)}, got {noise!r}")
+    # Unset (a Namespace built by hand, or the flag left out): the protocol's own defaults.
+    optional = {key: getattr(args, flag) for key, flag in (("budget_margin_se", "budget_margin"),
+                                                          ("calibration_shrinkage", "calibration_shrinkage"))
+                if getattr(args, flag, None) is not None}
     return ProtocolSettings(models=models, estimators=args.estimators, noise=noise, seed=args.seed,
                             test_size=args.test_size, max_depth=args.max_depth, strategy=args.strategy,
                             per_segment=args.per_segment, n_bootstrap=args.bootstrap,
-                            uncertainty_scale=args.uncertainty_scale)
+                            uncertainty_scale=args.uncertainty_scale, **optional)
 
 
 def _load(args: argparse.Namespace, default_data: Path, *, trained: bool) -> tuple[Any, Any]:

@@ -27,7 +27,10 @@ from typing import Any
 
 from routing import BudgetUnreachableError
 
-__all__ = ["ARTIFACT_VERSION", "Artifacts", "ArtifactsError", "lambda_for_budget", "load_artifacts", "save_artifacts"]
+__all__ = [
+    "ARTIFACT_VERSION", "Artifacts", "ArtifactsError", "lambda_for_budget", "load_artifacts", "point_cost_bound",
+    "save_artifacts",
+]
 
 # 2: the prompt features gained a digit-masked block, which estimators pickled by version 1 lack.
 ARTIFACT_VERSION = 2
@@ -46,12 +49,14 @@ class Artifacts:
     cost: Any  # GpuTimeCostModel
 
     def lambda_for(self, policy: str, budget_gpu_s: float) -> float:
-        """The constant lambda of ``policy`` whose validation cost fits ``budget_gpu_s`` best."""
+        """The constant lambda of ``policy`` whose validation cost fits ``budget_gpu_s`` best, with the
+        budget margin the calibration was run with (none for artifacts that record none)."""
         curves = self.summary["lambda_curves"]
         if policy not in curves:
             raise ArtifactsError(f"no lambda curve for policy {policy!r} in the artifacts ({sorted(curves)})")
+        margin_se = float(self.summary.get("budget_margin_se", 0.0))
         try:
-            return float(lambda_for_budget(curves[policy], budget_gpu_s)["lambda"])
+            return float(lambda_for_budget(curves[policy], budget_gpu_s, margin_se=margin_se)["lambda"])
         except ValueError as exc:
             raise ArtifactsError(str(exc)) from None
 
@@ -102,18 +107,29 @@ def load_artifacts(folder: str | Path, fingerprints: dict[str, str] | None = Non
     return Artifacts(summary=summary, quality=payload["quality"], cost=payload["cost"])
 
 
-def lambda_for_budget(curve: Sequence[dict[str, float]], budget: float) -> dict[str, float]:
+def point_cost_bound(point: dict[str, float], margin_se: float) -> float:
+    """A curve point's validation mean cost plus ``margin_se`` standard errors of it (``cost_se``; curves
+    written before it was recorded have none, and count as exact)."""
+    return float(point["cost"]) + margin_se * float(point.get("cost_se", 0.0))
+
+
+def lambda_for_budget(curve: Sequence[dict[str, float]], budget: float, *, margin_se: float = 0.0) -> dict[str, float]:
     """The point of a lambda curve with the best quality whose cost is within ``budget``.
 
-    Raises ``BudgetUnreachableError`` (a ValueError carrying ``cheapest_cost``) when every point costs
-    more than the budget (a budget below the cheapest model).
+    With ``margin_se`` > 0 a point's cost is its validation mean plus that many standard errors
+    (:func:`point_cost_bound`): the budget's sampling error on the few prompts a curve is measured on
+    (``routing._budget_margin``).
+
+    Raises ``BudgetUnreachableError`` (a ValueError carrying ``cheapest_cost``, the cheapest point's
+    bound) when every point costs more than the budget (a budget below the cheapest model).
     """
     if not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"the budget must be a positive number of GPU-seconds per query, got {budget!r}")
-    within = [p for p in curve if p["cost"] <= budget]
+    within = [p for p in curve if point_cost_bound(p, margin_se) <= budget]
     if not within:
-        cheapest = min(p["cost"] for p in curve)
+        cheapest = min(point_cost_bound(p, margin_se) for p in curve)
+        margin = f" with its margin of {margin_se:g} standard errors" if margin_se > 0 else ""
         raise BudgetUnreachableError(f"budget {budget:.6g} GPU-s per query is below the cheapest setting "
-                                     f"({cheapest:.6g} GPU-s per query on the calibration prompts)",
+                                     f"({cheapest:.6g} GPU-s per query on the calibration prompts{margin})",
                                      cheapest_cost=cheapest)
     return max(within, key=lambda p: (p["quality"], -p["cost"]))

@@ -2,11 +2,14 @@
 
 Per (model set, noise level, seed): sort models by cost; split 5% validation / 95% test
 (``train_test_split(test_size=0.95, random_state=42)``; ``test_size`` sets the share); draw the estimator
-noise once for all rows and calibrate on the validation rows only (spec §8 item 9); fit the factor on the
+noise once for all rows and calibrate on the validation rows only (spec §8 item 9), each model's slope
+shrunk toward the pooled one by how noisy it is (``calibration_shrinkage``); fit the factor on the
 estimators' uncertainty on the validation rows (``routing.fit_uncertainty_scale``,
 ``docs/uncertainty_scale.md``) and apply it to validation and test estimates; build the budget grid from
 the test averages of the single models (10 per hull segment, §5.4); fit every method at every budget on
-validation and score it on test; AUC ×100 with 500-resample paired bootstrap CIs.
+validation, keeping the validation mean cost plus ``budget_margin_se`` standard errors of it within the
+budget (``routing._budget_margin``), and score it on test; AUC ×100 with 500-resample paired bootstrap CIs.
+Both departures from the paper are for small validation sets (``docs/small_validation.md``).
 
 With ``estimators="trained"`` the noise-simulated estimators are replaced by
 :class:`~estimators.trained_quality.TrainedQualityEstimator`, which needs rows of its own. Three
@@ -56,6 +59,7 @@ from evaluation.routerbench import MODEL_SETS
 from evaluation.simulated import draw_noise, simulated_estimates
 from routing import (
     CONSTANT_LAMBDA_POLICIES,
+    DEFAULT_BUDGET_MARGIN_SE,
     BudgetUnreachableError,
     CascadeRouter,
     EstimateSource,
@@ -69,7 +73,7 @@ from routing import (
     rollout,
 )
 
-__all__ = ["ESTIMATORS", "METHODS", "ProtocolSettings", "run_protocol"]
+__all__ = ["CALIBRATION_SHRINKAGE", "ESTIMATORS", "METHODS", "ProtocolSettings", "run_protocol"]
 
 FloatArray = NDArray[np.float64]
 # Progress callback: (stage such as "train estimators", "fit routing" or "test routing", done, total).
@@ -82,6 +86,7 @@ _VALIDATION_STREAM = 1_000
 
 METHODS = CONSTANT_LAMBDA_POLICIES
 ESTIMATORS = ("simulated", "trained")
+CALIBRATION_SHRINKAGE = ("none", "empirical_bayes")
 
 
 class _SplittableSource(EstimateSource, Protocol):
@@ -109,6 +114,13 @@ class ProtocolSettings:
     # Factor on the estimators' variances in E[max]; None fits it on the validation rows
     # (routing.fit_uncertainty_scale). A number fixes it (1.0: the variance as the estimator states it).
     uncertainty_scale: float | None = None
+    # Every lambda fit keeps the validation mean cost plus this many standard errors of it within the
+    # budget (routing._budget_margin): the budget's sampling error on few validation rows. 0: the paper's fit.
+    budget_margin_se: float = DEFAULT_BUDGET_MARGIN_SE
+    # Simulated estimators' per-model calibration: "empirical_bayes" pulls each model's slope toward the
+    # pooled slope by how noisy it is (evaluation.simulated.shrink_toward_pooled); "none": per model alone,
+    # as the reference. Trained estimators ignore it.
+    calibration_shrinkage: str = "empirical_bayes"
 
     def __post_init__(self) -> None:
         if self.estimators not in ESTIMATORS:
@@ -129,6 +141,12 @@ class ProtocolSettings:
         if self.max_depth is not None and (isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int)
                                            or self.max_depth < 1):
             raise ValueError(f"max_depth must be an int >= 1 or None (no limit), got {self.max_depth!r}")
+        margin = self.budget_margin_se
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < float("inf"):
+            raise ValueError(f"budget_margin_se must be a finite number >= 0 (standard errors), got {margin!r}")
+        if self.calibration_shrinkage not in CALIBRATION_SHRINKAGE:
+            raise ValueError(f"calibration_shrinkage must be one of {list(CALIBRATION_SHRINKAGE)}, "
+                             f"got {self.calibration_shrinkage!r}")
         scale = self.uncertainty_scale
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                                   or not 0.0 <= scale < float("inf")):
@@ -142,16 +160,18 @@ class ProtocolSettings:
 
 def _make_policy(method: str, budget: float, s: ProtocolSettings) -> Policy:
     strategy: Literal["constant", "per_step"] = "constant" if s.strategy == "constant" else "per_step"
+    margin = s.budget_margin_se
     if method == "routing":
-        return Router(max_expected_cost=budget, seed=s.seed)
+        return Router(max_expected_cost=budget, budget_margin_se=margin, seed=s.seed)
     if method == "threshold_cascade":
-        return ThresholdCascade(max_expected_cost=budget, strategy=strategy, n_search=s.n_search, seed=s.seed)
+        return ThresholdCascade(max_expected_cost=budget, budget_margin_se=margin, strategy=strategy,
+                                n_search=s.n_search, seed=s.seed)
     if method == "optimal_cascade":
-        return OptimalCascade(max_expected_cost=budget, strategy=strategy, n_search=s.n_search, seed=s.seed)
+        return OptimalCascade(max_expected_cost=budget, budget_margin_se=margin, strategy=strategy,
+                              n_search=s.n_search, seed=s.seed)
     if method == "cascade_routing":
-        return CascadeRouter(
-            max_expected_cost=budget, max_depth=s.max_depth, strategy=strategy, n_search=s.n_search, seed=s.seed
-        )
+        return CascadeRouter(max_expected_cost=budget, budget_margin_se=margin, max_depth=s.max_depth,
+                             strategy=strategy, n_search=s.n_search, seed=s.seed)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
@@ -276,7 +296,7 @@ def _estimate_source(
                              "estimators calibrate on the validation split")
         assert settings.noise is not None  # ProtocolSettings guarantees it
         signals = draw_noise(quality, cost, settings.noise, seed=settings.seed)
-        return simulated_estimates(signals, quality, cost, fit_rows=val), {}
+        return simulated_estimates(signals, quality, cost, fit_rows=val, shrinkage=settings.calibration_shrinkage), {}
     t_est = time.perf_counter()
     if progress is not None:
         progress("train estimators", 0, 1)

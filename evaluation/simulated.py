@@ -35,6 +35,7 @@ __all__ = [
     "NoisySignals",
     "PerModelLinearCalibrator",
     "draw_noise",
+    "shrink_toward_pooled",
     "simulated_estimates",
 ]
 
@@ -154,6 +155,14 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
     ----------
     fit_intercept : bool, default=True
         Whether each line has an intercept. Without one, lines go through the origin.
+    shrinkage : {"none", "empirical_bayes"}, default="none"
+        ``"empirical_bayes"`` pulls each column's slope toward the pooled slope (one slope for every
+        column, each keeping its own intercept) by how noisy its own slope is: weight
+        ``tau² / (tau² + v_j)`` on the column's least-squares slope, where ``v_j`` is that slope's sampling
+        variance and ``tau²`` the spread of the true slopes across columns, estimated by the method of
+        moments. Few rows (large ``v_j``) give the pooled slope, many rows each column's own (see
+        :func:`shrink_toward_pooled`). Why: with a few dozen rows per model, each model's slope fits its
+        noise (``docs/small_validation.md``).
 
     Attributes
     ----------
@@ -164,6 +173,8 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
         Intercept per column (zeros when ``fit_intercept=False``).
     n_features_in_ : int
         Number of columns seen in ``fit``.
+    shrink_weight_ : ndarray of shape (n_features,)
+        Weight of each column's own slope (1 without shrinkage); the rest goes to the pooled slope.
 
     Notes
     -----
@@ -171,8 +182,9 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
     column of ``X``; ``predict`` then returns shape (n_samples,).
     """
 
-    def __init__(self, *, fit_intercept: bool = True) -> None:
+    def __init__(self, *, fit_intercept: bool = True, shrinkage: str = "none") -> None:
         self.fit_intercept = fit_intercept
+        self.shrinkage = shrinkage
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> PerModelLinearCalibrator:
         """Fit one line per column.
@@ -214,7 +226,16 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
             ok = sxx > 0  # a constant non-zero column still fits a line through the origin
         coef = np.zeros(k)
         coef[ok] = sxy[ok] / sxx[ok]
+        weight = np.ones(k)
+        if self.shrinkage == "empirical_bayes":
+            xs = x_arr - x_mean if self.fit_intercept else x_arr
+            residual = (y2 - y_mean) - coef * xs
+            dof = len(x_arr) - (2 if self.fit_intercept else 1)
+            coef, weight = shrink_toward_pooled(coef, sxx, sxy, np.einsum("ij,ij->j", residual, residual), dof, ok)
+        elif self.shrinkage != "none":
+            raise ValueError(f"shrinkage must be 'none' or 'empirical_bayes', got {self.shrinkage!r}")
         self.coef_ = coef
+        self.shrink_weight_ = weight
         self.intercept_ = y_mean - coef * x_mean
         self._ravel_output = y_1d
         return self
@@ -236,6 +257,49 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
         return out.ravel() if self._ravel_output else out
 
 
+def shrink_toward_pooled(
+    coef: FloatArray, sxx: FloatArray, sxy: FloatArray, rss: FloatArray, dof: int, ok: NDArray[np.bool_]
+) -> tuple[FloatArray, FloatArray]:
+    """Empirical-Bayes slopes: each column's least-squares slope pulled toward the pooled one.
+
+    Model: the true slopes ``b_j`` scatter around a common ``b`` with variance ``tau²``; column ``j``'s
+    least-squares slope ``coef[j]`` estimates ``b_j`` with variance ``v_j = (rss[j] / dof) / sxx[j]``.
+    The posterior mean is ``w_j coef[j] + (1 - w_j) b`` with ``w_j = tau² / (tau² + v_j)``. ``b`` is the
+    pooled within-column slope ``sum(sxy) / sum(sxx)``; ``tau²`` is the method-of-moments estimate
+    ``max(0, mean((coef - b)²) - mean(v))``. As rows grow ``v_j`` vanishes and ``w_j`` tends to 1 (each
+    column's own fit); with few rows ``tau²`` is swamped and ``w_j`` tends to 0 (the pooled fit).
+
+    Parameters
+    ----------
+    coef, sxx, sxy, rss : ndarray of shape (n_columns,)
+        Least-squares slopes, the (centred) sums of squares and cross-products, residual sums of squares.
+    dof : int
+        Residual degrees of freedom per column; below 1 the slopes' variance is unknown and every column
+        takes the pooled slope.
+    ok : ndarray of bool, shape (n_columns,)
+        Columns with a signal; the others keep slope 0 and weight 1.
+
+    Returns
+    -------
+    (slopes, weights) : ndarrays of shape (n_columns,)
+    """
+    slopes, weights = coef.copy(), np.ones_like(coef)
+    if not ok.any():
+        return slopes, weights
+    pooled = float(sxy[ok].sum() / sxx[ok].sum())
+    if dof < 1:
+        var = np.full(int(ok.sum()), np.inf)
+    else:
+        var = (rss[ok] / dof) / sxx[ok]
+    tau2 = max(0.0, float(np.mean((coef[ok] - pooled) ** 2) - np.mean(var))) if np.all(np.isfinite(var)) else 0.0
+    # tau2 = 0 and var = 0 (exact fits, all slopes equal): nothing to shrink, keep the column's own slope.
+    denom = tau2 + var
+    w = np.where(denom > 0, tau2 / np.where(denom > 0, denom, 1.0), 1.0)
+    weights[ok] = w
+    slopes[ok] = w * coef[ok] + (1.0 - w) * pooled
+    return slopes, weights
+
+
 def simulated_estimates(
     signals: NoisySignals,
     quality: ArrayLike,
@@ -243,6 +307,7 @@ def simulated_estimates(
     *,
     fit_rows: ArrayLike,
     post_var: float = 1e-6,
+    shrinkage: str = "none",
 ) -> TableEstimates:
     """Calibrate noisy signals into ex-ante/post-hoc estimates for every row (algorithm-spec §5.1).
 
@@ -263,6 +328,8 @@ def simulated_estimates(
         leak of algorithm-spec §8 item 9.
     post_var : float, default=1e-6
         Variance of every post-hoc quality estimate (the answer is known).
+    shrinkage : {"none", "empirical_bayes"}, default="none"
+        Of the per-model slopes toward the pooled slope (:class:`PerModelLinearCalibrator`).
 
     Returns
     -------
@@ -279,7 +346,7 @@ def simulated_estimates(
         raise ValueError(f"post_var must be a finite non-negative number, got {post_var!r}")
 
     def calibrate(signal: FloatArray, target: FloatArray) -> FloatArray:
-        return PerModelLinearCalibrator().fit(signal[rows], target[rows]).predict(signal)
+        return PerModelLinearCalibrator(shrinkage=shrinkage).fit(signal[rows], target[rows]).predict(signal)
 
     q_ante = calibrate(signals.q_ante, q)
     q_post = calibrate(signals.q_post, q)

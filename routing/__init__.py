@@ -8,6 +8,7 @@ scikit-learn.
 """
 
 from routing._base import NotFittedError, Policy, check_is_fitted
+from routing._budget_margin import DEFAULT_BUDGET_MARGIN_SE, cost_margin, cost_standard_error
 from routing._cascade_router import CascadeRouter, OptimalCascade
 from routing._constant_lambda import (
     API_POLICY_NAMES,
@@ -35,6 +36,7 @@ __all__ = [
     "BudgetUnreachableError",
     "CONSTANT_LAMBDA_POLICIES",
     "CascadeRouter",
+    "DEFAULT_BUDGET_MARGIN_SE",
     "DEFAULT_SCALE_GRID",
     "Decision",
     "EstimateSource",
@@ -54,6 +56,8 @@ __all__ = [
     "clark_expected_max",
     "constant_lambda_policy",
     "core_policy_name",
+    "cost_margin",
+    "cost_standard_error",
     "expected_max",
     "fit_lambdas",
     "fit_uncertainty_scale",

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from routing._budget_margin import check_margin_se, cost_margin
 from routing._estimates import Estimates, EstimateSource
 from routing._lambda_search import BUDGET_RTOL, Strategy, fit_lambdas
 from routing._simulate import rollout, validate_ground_truth
@@ -53,12 +54,14 @@ def check_max_depth(max_depth: object) -> None:
 class Policy(ABC):
     """Base of routing, cascades and cascade routing.
 
-    Subclasses set ``max_expected_cost`` (the budget, average cost per query), ``strategy``,
-    ``n_search`` and ``seed`` in ``__init__`` and implement ``n_steps`` and ``_decide_batch``; a
+    Subclasses set ``max_expected_cost`` (the budget, average cost per query), ``budget_margin_se``,
+    ``strategy``, ``n_search`` and ``seed`` in ``__init__`` and implement ``n_steps`` and ``_decide_batch``; a
     faster path for a single decision overrides ``_decide_one``.
     """
 
     max_expected_cost: float | None
+    # Standard errors of the validation mean cost kept free below the budget (routing._budget_margin).
+    budget_margin_se: float = 0.0
     strategy: Strategy
     n_search: int
     seed: int
@@ -115,7 +118,11 @@ class Policy(ABC):
     def fit(
         self, X: EstimateSource, quality: FloatArray, cost: FloatArray, *, memos: StateMemos | None = None
     ) -> Policy:
-        """Fit lambdas and gamma so the average validation cost is at most ``max_expected_cost``.
+        """Fit lambdas and gamma so the average validation cost, plus ``budget_margin_se`` standard errors of
+        it, is at most ``max_expected_cost``.
+
+        The margin covers the budget's sampling error: the validation mean is an estimate of what the
+        policy will spend on new queries (``routing._budget_margin``); 0 gives the paper's fit.
 
         Parameters
         ----------
@@ -126,6 +133,10 @@ class Policy(ABC):
         memos : dict, optional
             Per-state memos to share between fits on the same ``X`` (e.g. one per budget of a grid):
             each state's candidates are then scored once for all budgets. Default: a fresh one.
+
+        Attributes set: ``lambdas_``, ``gamma_``, ``fit_cost_`` (validation mean cost, cheapest ties),
+        ``fit_cost_margin_`` (the margin at the fitted lambdas: ``fit_cost_ + fit_cost_margin_`` is within
+        the budget), ``fit_quality_``, ``n_fit_evaluations_``.
         """
         quality = np.asarray(quality, dtype=np.float64)
         cost = np.asarray(cost, dtype=np.float64)
@@ -133,6 +144,7 @@ class Policy(ABC):
         budget = self.max_expected_cost
         if budget is None:
             raise ValueError(f"{type(self).__name__} needs max_expected_cost to fit (or use from_lambdas)")
+        margin_se = check_margin_se(self.budget_margin_se)
         cheapest = float(cost.mean(axis=0).min())
         if not np.isfinite(budget) or budget < cheapest * (1.0 - BUDGET_RTOL):
             raise ValueError(
@@ -142,8 +154,10 @@ class Policy(ABC):
         memos = {} if memos is None else memos
 
         def evaluate(lambdas: FloatArray, expensive: bool) -> tuple[float, float]:
+            # The search compares the upper bound (mean + margin) with the budget, so every accepted
+            # vector, and gamma's mix of the two tie-breaks, keeps the bound within it.
             result = rollout(self, X, quality, cost, lambdas=lambdas, expensive_tie=expensive, memos=memos)
-            return result.mean_cost, result.mean_quality
+            return result.mean_cost + cost_margin(result.cost, margin_se), result.mean_quality
 
         fitted = fit_lambdas(
             evaluate,
@@ -158,7 +172,13 @@ class Policy(ABC):
         self.n_models_ = n_models
         self.lambdas_ = fitted.lambdas
         self.gamma_ = fitted.gamma
-        self.fit_cost_ = fitted.cost
+        if margin_se > 0.0:
+            at_fit = rollout(self, X, quality, cost, lambdas=fitted.lambdas, expensive_tie=False, memos=memos)
+            self.fit_cost_margin_ = cost_margin(at_fit.cost, margin_se)
+            self.fit_cost_ = at_fit.mean_cost
+        else:
+            self.fit_cost_margin_ = 0.0
+            self.fit_cost_ = fitted.cost
         self.fit_quality_ = fitted.quality
         self.n_fit_evaluations_ = fitted.n_evaluations
         return self

@@ -203,6 +203,9 @@ class CascadeRouter(_SupermodelPolicy):
     ----------
     max_expected_cost : float, optional
         Budget: average cost per query on the validation set. Needed by ``fit``.
+    budget_margin_se : float >= 0, default 0
+        ``fit`` keeps the validation mean cost plus this many standard errors of it within the budget
+        (the budget's sampling error, ``routing._budget_margin``); 0 is the paper's fit.
     max_depth : int >= 1 or None
         At most this many models per query; None (the default): no limit.
     force_order : bool
@@ -238,6 +241,7 @@ class CascadeRouter(_SupermodelPolicy):
         self,
         *,
         max_expected_cost: float | None = None,
+        budget_margin_se: float = 0.0,
         max_depth: int | None = None,
         force_order: bool = False,
         greedy: bool = False,
@@ -250,6 +254,7 @@ class CascadeRouter(_SupermodelPolicy):
     ) -> None:
         check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
+        self.budget_margin_se = budget_margin_se
         self.max_depth = max_depth
         self.force_order = force_order
         self.greedy = greedy
@@ -290,6 +295,7 @@ class OptimalCascade(_SupermodelPolicy):
         self,
         *,
         max_expected_cost: float | None = None,
+        budget_margin_se: float = 0.0,
         max_depth: int | None = None,
         strategy: Strategy = "per_step",
         n_search: int = 24,
@@ -299,6 +305,7 @@ class OptimalCascade(_SupermodelPolicy):
     ) -> None:
         check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
+        self.budget_margin_se = budget_margin_se
         self.max_depth = max_depth
         self.strategy = strategy
         self.n_search = n_search

@@ -57,6 +57,9 @@ class Router(Policy):
     ----------
     max_expected_cost : float, optional
         Budget: average cost per query on the validation set. Needed by ``fit``.
+    budget_margin_se : float >= 0, default 0
+        ``fit`` keeps the validation mean cost plus this many standard errors of it within the budget
+        (the budget's sampling error, ``routing._budget_margin``); 0 is the paper's fit.
     tie_tol : float
         Scores closer than this are ties.
     seed : int
@@ -70,9 +73,11 @@ class Router(Policy):
     """
 
     def __init__(
-        self, *, max_expected_cost: float | None = None, tie_tol: float = DEFAULT_TIE_TOL, seed: int = 0
+        self, *, max_expected_cost: float | None = None, budget_margin_se: float = 0.0,
+        tie_tol: float = DEFAULT_TIE_TOL, seed: int = 0
     ) -> None:
         self.max_expected_cost = max_expected_cost
+        self.budget_margin_se = budget_margin_se
         self.tie_tol = tie_tol
         self.seed = seed
 

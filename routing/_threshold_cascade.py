@@ -29,6 +29,9 @@ class ThresholdCascade(Policy):
     ----------
     max_expected_cost : float, optional
         Budget: average cost per query on the validation set.
+    budget_margin_se : float >= 0, default 0
+        ``fit`` keeps the validation mean cost plus this many standard errors of it within the budget
+        (the budget's sampling error, ``routing._budget_margin``); 0 is the paper's fit.
     max_depth : int >= 1 or None
         At most this many models per query; None (the default): no limit.
     strategy : {"per_step", "constant"}
@@ -51,6 +54,7 @@ class ThresholdCascade(Policy):
         self,
         *,
         max_expected_cost: float | None = None,
+        budget_margin_se: float = 0.0,
         max_depth: int | None = None,
         strategy: Strategy = "per_step",
         n_search: int = 24,
@@ -58,6 +62,7 @@ class ThresholdCascade(Policy):
     ) -> None:
         check_max_depth(max_depth)
         self.max_expected_cost = max_expected_cost
+        self.budget_margin_se = budget_margin_se
         self.max_depth = max_depth
         self.strategy = strategy
         self.n_search = n_search

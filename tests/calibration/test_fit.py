@@ -225,7 +225,8 @@ def test_lambda_curves_cover_every_policy_and_lambda(
     for name, points in out.items():
         assert [p["lambda"] for p in points] == lambda_grid(name, float(cost.mean()))
         for p in points:
-            assert set(p) == {"lambda", "cost", "quality"}
+            assert set(p) == {"lambda", "cost", "cost_se", "quality"}
+            assert p["cost_se"] >= 0.0
             assert 0.0 <= p["quality"] <= 1.0
             assert cost[:, 0].mean() - 1e-12 <= p["cost"] <= cost.sum(axis=1).mean() + 1e-12
 

@@ -92,7 +92,8 @@ def test_a_grid_budget_below_what_a_policy_reaches_is_fitted_at_its_cheapest() -
     q = np.tile([0.5, 0.6], (n, 1))
     table = TableEstimates(q_ante=q, q_post=q, var_ante=np.zeros((n, 2)), var_post=np.zeros((n, 2)),
                            cost_ante=cost_ante, cost_post=cost_ante)
-    _, policies, _ = _fit_method("routing", np.array([1.0, 1.1]), ProtocolSettings(models=("a", "b"), **FAST), table,
-                                 q, np.tile([1.0, 1.1], (n, 1)))
+    # The paper's fit (no budget margin): its floor is the mean cost itself.
+    settings = ProtocolSettings(models=("a", "b"), budget_margin_se=0.0, **FAST)
+    _, policies, _ = _fit_method("routing", np.array([1.0, 1.1]), settings, table, q, np.tile([1.0, 1.1], (n, 1)))
     assert [p.max_expected_cost for p in policies] == [pytest.approx(1.02), 1.1]
     assert policies[0].fit_cost_ == pytest.approx(1.02)
