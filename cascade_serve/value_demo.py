@@ -161,7 +161,10 @@ def _live(opts: DemoOptions, fleet: Any, prompts: Path, out: Path, console: Any,
                 max_tokens=MAX_ANSWER_TOKENS, budget=opts.budget), reporter=reporter)
         budget_gpu_s = float(calibration["budget"]["budget_gpu_s"])
         curves = calibration["lambda_curves"]
-        lambdas = {arm: float(lambda_for_budget(curves[arm], budget_gpu_s)["lambda"]) for arm in (ROUTING, CASCADE)}
+        # With the calibration's margin for the budget's sampling error, as the controller serves a budget.
+        margin_se = float(calibration.get("budget_margin_se", 0.0))
+        lambdas = {arm: float(lambda_for_budget(curves[arm], budget_gpu_s, margin_se=margin_se)["lambda"])
+                   for arm in (ROUTING, CASCADE)}
         calibrate_s = time.perf_counter() - mark
         mark = time.perf_counter()
         calibrated = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"artifacts": out.resolve()})})
@@ -296,10 +299,11 @@ def _print(console: Any, summary: dict[str, Any], m: _Measured) -> None:
     budget = summary["budget"]
     arms = summary["arms"]
     table = Table(title=f"live, {summary['n_questions']} held-out questions (people calibration never saw), budget "
-                        f"{budget['asked']} ({budget['gpu_s_per_question']:.3f} GPU-s at calibration)")
+                        f"{budget['asked']} ({budget['gpu_s_per_question']:.3f} GPU-s at calibration); GPU-s per "
+                        "question (share of the strongest's), accuracy minus routing's with its paired CI")
     # Four columns fit 80 terminal columns; each arm minus the strongest is in the JSON.
-    for col in ("", "accuracy [95% CI]", "GPU-s/question", "minus routing (paired)"):
-        table.add_column(col, justify="left" if not col else "right", no_wrap=bool(col))
+    for col in ("", "accuracy [95% CI]", "GPU-s", "vs routing"):
+        table.add_column(col, justify="left" if not col else "right", no_wrap=True)
     for arm in (STRONGEST, ROUTING, CASCADE):
         a = arms[arm]
         low, high = a["accuracy_ci"]
