@@ -29,7 +29,7 @@ def plan_nodes(nodes: str | None, address: str | None) -> tuple[list[Node], str]
 def live_nodes(address: str) -> list[Node]:
     """The alive nodes of the Ray cluster at ``address`` (``auto``: the local one); ``ValueError`` in one
     line when nothing answers there, before Ray's own long wait."""
-    from serve.deploy import _local_cluster_running, check_reachable, connect
+    from serve.deploy import _local_cluster_running, check_reachable, connect, node_names
 
     if address == "auto" and not os.environ.get("RAY_ADDRESS") and not _local_cluster_running():
         raise ValueError("--address auto: no Ray cluster runs on this machine and RAY_ADDRESS is unset")
@@ -43,9 +43,7 @@ def live_nodes(address: str) -> list[Node]:
         raise ValueError(f"--address: cannot join the Ray cluster at {address} ({exc})") from None
     finally:
         ray.shutdown()
-    names = [str(n.get("NodeManagerAddress") or n.get("NodeID", "?")[:8]) for n in report]
-    return [node_from_resources(name if names.count(name) == 1 else f"{name}/{n['NodeID'][:6]}", n["Resources"])
-            for name, n in zip(names, report, strict=True)]
+    return [node_from_resources(name, n["Resources"]) for name, n in zip(node_names(report), report, strict=True)]
 
 
 def _gpu_kind(name: str, memory_mib: float) -> str | None:

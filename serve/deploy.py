@@ -122,6 +122,14 @@ def _local_cluster_running() -> bool:
         return False
 
 
+def node_names(report: list[dict[str, Any]]) -> list[str]:
+    """A name for each node of ``ray.nodes()``: its address, and where several raylets share one (nodes
+    of one machine) the start of its node id too."""
+    names = [str(n.get("NodeManagerAddress") or n.get("NodeID", "?")[:8]) for n in report]
+    return [name if names.count(name) == 1 else f"{name}/{str(n.get('NodeID', '?'))[:6]}"
+            for name, n in zip(names, report, strict=True)]
+
+
 class PlacementError(ValueError):
     """The cluster can never hold the fleet: one line per model at fault (``cluster.feasibility``)."""
 
@@ -144,8 +152,7 @@ def check_placement(fleet: FleetConfig) -> FleetConfig:
 
     alive = [node for node in ray.nodes() if node.get("Alive")]
     try:
-        nodes = [node_from_resources(str(n.get("NodeManagerAddress") or n.get("NodeID", "?")), n["Resources"])
-                 for n in alive]
+        nodes = [node_from_resources(name, n["Resources"]) for name, n in zip(node_names(alive), alive, strict=True)]
     except NodeSpecError as exc:
         # A GPU kind the planner does not know: no memory plan, but Ray's own resource check still runs.
         logging.getLogger(__name__).warning("no placement plan: %s", exc)
@@ -201,11 +208,26 @@ def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | No
             logging.getLogger(name).setLevel(logging.WARNING)
     fleet = check_placement(fleet)
     app = fleet_app(fleet, api_keys=api_keys)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(proxy_location=_proxy_location(), http_options={"host": host, "port": port})
     # serve.run would wait for every replica with no deadline of its own; the caller waits instead.
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait_deployed(timeout_s, on_poll)
+
+
+def _proxy_location() -> str | None:
+    """Serve's HTTP proxy on the head only when the cluster's nodes are raylets of one host; Serve's
+    default (a proxy on every node) otherwise.
+
+    Every node's proxy binds the same port, so on one host the kernel spreads new connections over all
+    of them; when a node is lost, the connections its proxy had accepted are dropped with it. On a real
+    cluster each node has its own address and a load balancer in front, which is what the default is for.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    hosts = {n.get("NodeManagerAddress") for n in alive}
+    return "HeadOnly" if len(alive) > 1 and len(hosts) == 1 else None
 
 
 def wait_deployed(timeout_s: float, on_poll: Callable[[str], None] | None = None) -> None:

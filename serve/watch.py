@@ -1,13 +1,16 @@
-"""Which models still have a live replica, read from Ray's named actors.
+"""Which models still have a live replica, read from Ray's actor table.
 
-A replica killed outright (``kill -9``, the kernel's OOM killer, its node lost) drops out of Ray's live
-named actors within a second or two. Serve notices later (its health check period), and until then its
+A replica killed outright (``kill -9``, the kernel's OOM killer, its node lost) drops out of Ray's alive
+actors within a second or two. Serve notices later (its health check period), and until then its
 router keeps requests for that model waiting for a replica, so a cascade stage would wait out its whole
 timeout. The controller polls this instead (``CascadeController.start``) and takes such a model out of
 the cascade at once; its probes bring it back once a new replica answers.
 
 Serve names a replica actor ``SERVE_REPLICA::<app>#<deployment>#<replica id>``; matching the
-deployment part alone keeps this right under any application name.
+deployment part alone keeps this right under any application name. Only actors in state ALIVE count:
+once a node is lost, Serve at once creates the replacement replica's actor, which stays pending (its
+placement group waits for a node) yet is already listed among the named actors; counting it kept a
+model whose only replica was gone "ready", and every stage sent to it waited out its timeout.
 """
 
 from __future__ import annotations
@@ -23,9 +26,25 @@ def live_models(deployments: Mapping[str, str]) -> set[str] | None:
     """The model ids (``deployments``: model id -> its Serve deployment name) with a live replica actor;
     None when no replica of any model is found, which means the naming is not what this expects (a
     Ray upgrade), not that every model died: the caller then learns nothing."""
-    import ray
-
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(REPLICA_PREFIX)]
+    names = [name for name in _alive_actor_names() if name.startswith(REPLICA_PREFIX)]
     alive = {model for model, deployment in deployments.items() if any(f"#{deployment}#" in n for n in names)}
     return alive or None
+
+
+def _alive_actor_names() -> list[str]:
+    """The names of the actors Ray's GCS holds ALIVE (filtered there, one call, no dashboard needed).
+
+    ``ray._private.state.actors`` is Ray's own accessor of the GCS actor table (documented "for debugging";
+    the public state API needs the dashboard, which a cluster may run without). If a Ray upgrade moves
+    it, the named actors stand in: they may include a replica still pending, which is what this avoids,
+    but never miss a live one.
+    """
+    import ray
+
+    try:
+        from ray._private.state import actors
+
+        table = actors(actor_state_name="ALIVE")
+    except (ImportError, AttributeError, TypeError):
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return [str(info.get("Name") or "") for info in table.values()]
