@@ -57,28 +57,27 @@ def _max_depth(text: str) -> int | None:
     return value
 
 
+def _finite_at_least_0(text: str, number: str, finite_number: str) -> float:
+    """``text`` as a finite float >= 0, or argparse's error naming what was expected."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {number} >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {finite_number} >= 0, got {text!r}")
+    return value
+
+
 def _uncertainty_scale(text: str) -> float | None:
     """'fit' (None: fitted on the validation rows) or a finite number >= 0."""
     if text.strip().lower() == "fit":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'fit' or a number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected 'fit' or a finite number >= 0, got {text!r}")
-    return value
+    return _finite_at_least_0(text, "'fit' or a number", "'fit' or a finite number")
 
 
 def _margin_se(text: str) -> float:
     """A budget margin in standard errors: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of standard errors >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number of standard errors >= 0, got {text!r}")
-    return value
+    return _finite_at_least_0(text, "a number of standard errors", "a finite number of standard errors")
 
 
 _MARGIN_HELP = ("fit each budget's lambda so that the validation mean cost plus SE standard errors of it stays "
