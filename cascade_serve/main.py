@@ -323,7 +323,7 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from serve.deploy import APP_NAME, connect, fetch_health
+    from serve.deploy import APP_NAME, connect, fetch_health, placement_line
 
     if args.address is None and not _ray_running():
         print("cascade: no Ray cluster is running (start one with `cascade up FILE`)", file=sys.stderr)
@@ -341,6 +341,9 @@ def _status(args: argparse.Namespace) -> int:
         table.add_row(name, str(dep.status), ", ".join(f"{k}: {v}" for k, v in dep.replica_states.items()))
     console = Console()
     console.print(table)
+    groups = placement_line()
+    if groups:  # a replica that waits for a node (lost, or never there) says so here
+        console.print(groups)
     code, body = fetch_health(f"http://{args.host}:{args.port}")
     console.print(f"GET /health -> {code or 'no answer'} {json.dumps(body) if body else ''}")
     return 0 if code == 200 else 1

@@ -230,6 +230,54 @@ def _proxy_location() -> str | None:
     return "HeadOnly" if len(alive) > 1 and len(hosts) == 1 else None
 
 
+def alive_actor_names() -> list[str]:
+    """The names of the actors Ray's GCS holds ALIVE (filtered there, one call, no dashboard needed).
+
+    ``ray._private.state.actors`` is Ray's own accessor of the GCS actor table (documented "for debugging";
+    the public state API needs the dashboard, which a cluster may run without). If a Ray upgrade moves
+    it, the named actors stand in: they may include a replica still pending, which is what this avoids,
+    but never miss a live one.
+    """
+    import ray
+
+    try:
+        from ray._private.state import actors
+
+        table = actors(actor_state_name="ALIVE")
+    except (ImportError, AttributeError, TypeError):
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return [str(info.get("Name") or "") for info in table.values()]
+
+
+_WAITING_STATES = ("PENDING", "RESCHEDULING")  # Ray's placement-group states of a group not (yet) placed
+
+
+def waiting_placement_groups(table: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Per deployment of the cascade application, its replicas' placement groups that wait for resources
+    (``ray.util.placement_group_table()`` in; Serve names a replica's group as the replica actor,
+    ``SERVE_REPLICA::<app>#<deployment>#<replica id>``)."""
+    prefix = f"SERVE_REPLICA::{APP_NAME}#"
+    out: dict[str, int] = {}
+    for group in table.values():
+        name = str(group.get("name") or "")
+        if name.startswith(prefix) and group.get("state") in _WAITING_STATES:
+            deployment = name[len(prefix):].rpartition("#")[0]
+            out[deployment] = out.get(deployment, 0) + 1
+    return out
+
+
+def placement_line() -> str:
+    """``placement groups waiting: model:tiny-large 1``, or "" when none waits (read from Ray's GCS)."""
+    import ray
+
+    try:
+        waiting = waiting_placement_groups(ray.util.placement_group_table())
+    except Exception:  # a GCS hiccup must not end a wait that is only reporting
+        return ""
+    return ("placement groups waiting: " + ", ".join(f"{d} {n}" for d, n in sorted(waiting.items()))
+            if waiting else "")
+
+
 def wait_deployed(timeout_s: float, on_poll: Callable[[str], None] | None = None) -> None:
     """Poll Serve until the application runs; ``ValueError`` when Serve gave up on it, ``TimeoutError``
     with Serve's own words on each deployment still pending (its "cannot be scheduled" messages name the
@@ -249,8 +297,9 @@ def wait_deployed(timeout_s: float, on_poll: Callable[[str], None] | None = None
             raise ValueError(f"Serve could not deploy the fleet: {app.message if app else ''} "
                              + "; ".join(f"{n}: {m}" for n, m in pending.items()))
         if on_poll is not None:
+            groups = placement_line()
             on_poll("deploying: " + (", ".join(f"{n} {m.split(':')[0].lower()}" for n, m in pending.items())
-                                     or status.lower()))
+                                     or status.lower()) + (f"; {groups}" if groups else ""))
         if time.monotonic() >= deadline:
             detail = "; ".join(f"{n}: {m}" for n, m in pending.items()) or status
             raise TimeoutError(f"the fleet was not deployed within {timeout_s:g} s: {detail}")

@@ -26,25 +26,9 @@ def live_models(deployments: Mapping[str, str]) -> set[str] | None:
     """The model ids (``deployments``: model id -> its Serve deployment name) with a live replica actor;
     None when no replica of any model is found, which means the naming is not what this expects (a
     Ray upgrade), not that every model died: the caller then learns nothing."""
-    names = [name for name in _alive_actor_names() if name.startswith(REPLICA_PREFIX)]
+    from serve.deploy import alive_actor_names  # Ray's internals stay behind serve.deploy
+
+    names = [name for name in alive_actor_names() if name.startswith(REPLICA_PREFIX)]
     alive = {model for model, deployment in deployments.items() if any(f"#{deployment}#" in n for n in names)}
     return alive or None
 
-
-def _alive_actor_names() -> list[str]:
-    """The names of the actors Ray's GCS holds ALIVE (filtered there, one call, no dashboard needed).
-
-    ``ray._private.state.actors`` is Ray's own accessor of the GCS actor table (documented "for debugging";
-    the public state API needs the dashboard, which a cluster may run without). If a Ray upgrade moves
-    it, the named actors stand in: they may include a replica still pending, which is what this avoids,
-    but never miss a live one.
-    """
-    import ray
-
-    try:
-        from ray._private.state import actors
-
-        table = actors(actor_state_name="ALIVE")
-    except (ImportError, AttributeError, TypeError):
-        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
-    return [str(info.get("Name") or "") for info in table.values()]

@@ -117,7 +117,16 @@ def test_zz_a_worker_node_killed_under_load_then_brought_back(multinode: _Fleet)
     missing model; with the node back, the replica returns and the cascade uses it again."""
     import httpx
 
-    victim_model, victim_group = "tiny-large", "group_large"
+    # The worker to kill is one without the controller: the fleet file cannot pin the controller (one
+    # replica), and Ray may have placed it beside either model; a node lost with the controller loses the
+    # requests in flight through it, which is not what this test measures.
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=multinode.state_api, filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    [controller] = [a for a in actors if a.class_name == "ServeReplica:cascade:CascadeController"]
+    victim_model, victim_group = next((m, g) for m, g in GROUPS.items()
+                                      if multinode.workers[g].node_id != controller.node_id)
+    survivor = next(m for m in GROUPS if m != victim_model)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     bodies = {
         "escalate": {"model": "cascade", "messages": CHAT, "max_tokens": 8, "cascade": {"lambda": 0.0}},
@@ -166,9 +175,11 @@ def test_zz_a_worker_node_killed_under_load_then_brought_back(multinode: _Fleet)
     # The fleet still serves (the endpoint is healthy, exit 0), and both views name what is missing:
     # Serve's (the deployment unhealthy, its replica waiting for a node) and the controller's /health.
     assert status.returncode == 0, status.stdout + status.stderr
-    [row] = [line for line in status.stdout.splitlines() if f"model:{victim_model}" in line]
+    [row] = [line for line in status.stdout.splitlines() if f"model:{victim_model}" in line and "Status" in line]
     assert "UNHEALTHY" in row, status.stdout
     assert f'"{victim_model}": "starting"' in status.stdout, status.stdout
+    # The replacement replica's placement group waits for a node with the group's resource.
+    assert f"placement groups waiting: model:{victim_model} 1" in status.stdout, status.stdout
 
     lost = [r for r in results if r["status"] is None]
     assert not lost, lost[:3]
@@ -183,11 +194,11 @@ def test_zz_a_worker_node_killed_under_load_then_brought_back(multinode: _Fleet)
     cascade_after = [r for r in after if r["kind"] != "direct"]
     # Once /health knows, the cascade answers from the surviving node's model, and only from it.
     assert cascade_after and all(r["status"] == 200 for r in cascade_after), cascade_after[:3]
-    assert all(r["body"]["model"] == "tiny-small" for r in cascade_after)
+    assert all(r["body"]["model"] == survivor for r in cascade_after)
     assert all(r["status"] == 503 for r in after if r["kind"] == "direct")
     figures = {
         "remove_node_s": removed_s, "health_not_ready_after_s": health_s, "slowest_request_s": slowest,
-        "requests": len(results),
+        "victim": victim_model, "requests": len(results),
         "by_kind_and_status": {f"{k}:{s}": sum(1 for r in results if r["kind"] == k and r["status"] == s)
                                for k in bodies for s in (200, 503)},
     }
@@ -200,5 +211,5 @@ def test_zz_a_worker_node_killed_under_load_then_brought_back(multinode: _Fleet)
     figures["back_ready_after_s"] = time.monotonic() - back
     with httpx.Client(base_url=multinode.url, headers=headers, timeout=120.0) as http:
         reply = http.post("/v1/chat/completions", json=bodies["escalate"]).json()
-    assert [s["model"] for s in reply["cascade"]["stages"]][-1] == victim_model, reply["cascade"]
+    assert victim_model in [s["model"] for s in reply["cascade"]["stages"]], reply["cascade"]
     print("multinode figures:", json.dumps(figures))
