@@ -69,24 +69,7 @@ class _SupermodelPolicy(Policy):
                 return self._decide_from_tables(est, answered, row_ids, bits, depth, lam, expensive_tie, rng, memos)
         for i in range(n):
             memo = None if memos is None else self._memo(memos, row_ids[i], bits[i], est, answered, i)
-            decision = search_supermodel(
-                est.q_mean[i],
-                est.cost[i],
-                answered[i],
-                lam,
-                var=None if est.q_var is None else est.q_var[i],
-                cov=None if est.q_cov is None else est.q_cov[i],
-                max_depth=depth,
-                order=self._order,
-                greedy=self._greedy,
-                prune=self._prune,
-                expensive_tie=expensive_tie,
-                rng=rng,
-                tie_tol=self.tie_tol,
-                n_qmc_points=self.n_qmc_points,
-                seed=self.seed,
-                memo=memo,
-            )
+            decision = self._search(est, i, answered[i], lam, depth, expensive_tie, rng, memo)
             if decision.run_next is not None:
                 run_next[i] = decision.run_next
             elif decision.answer_from is not None:
@@ -104,15 +87,24 @@ class _SupermodelPolicy(Policy):
     ) -> Decision:
         """``_decide_batch`` of one live query, without its batch arrays or memo: ``search_supermodel``
         directly, which runs the compiled search unless the estimates are correlated."""
-        n_models = answered.shape[0]
+        lam = float(lambdas[min(step, lambdas.shape[0] - 1)])
+        depth = min(lambdas.shape[0], self.n_steps(answered.shape[0]))
+        return self._search(estimates, 0, answered, lam, depth, expensive_tie, rng)
+
+    def _search(
+        self, est: Estimates, i: int, answered: BoolArray, lam: float, depth: int, expensive_tie: bool | float,
+        rng: np.random.Generator | None, memo: StateQuality | None = None,
+    ) -> Decision:
+        """``search_supermodel`` on row ``i`` of ``est`` with this policy's settings: the one call of the
+        batch and single-query paths."""
         return search_supermodel(
-            estimates.q_mean[0],
-            estimates.cost[0],
+            est.q_mean[i],
+            est.cost[i],
             answered,
-            float(lambdas[min(step, lambdas.shape[0] - 1)]),
-            var=None if estimates.q_var is None else estimates.q_var[0],
-            cov=None if estimates.q_cov is None else estimates.q_cov[0],
-            max_depth=min(lambdas.shape[0], self.n_steps(n_models)),
+            lam,
+            var=None if est.q_var is None else est.q_var[i],
+            cov=None if est.q_cov is None else est.q_cov[i],
+            max_depth=depth,
             order=self._order,
             greedy=self._greedy,
             prune=self._prune,
@@ -121,6 +113,7 @@ class _SupermodelPolicy(Policy):
             tie_tol=self.tie_tol,
             n_qmc_points=self.n_qmc_points,
             seed=self.seed,
+            memo=memo,
         )
 
     def _memo(
