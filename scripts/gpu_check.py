@@ -18,8 +18,9 @@ Steps, one function each:
    written to ``OUT/fleet.yaml`` (what is deployed and calibrated).
 3. **Up**: connect to Ray, check placement on the live nodes (``serve.deploy.check_placement``),
    deploy, wait until every model is ready.
-4. **Serving overhead**: ``scripts.bench_serving``'s measurement (the same requests to the cheapest
-   model's replica directly and through the controller, side by side): the controller's overhead per
+4. **Serving overhead**: ``cascade_serve.serving_bench``'s measurement, as ``scripts.bench_serving``
+   runs it (the same requests to the cheapest model's replica directly, through the controller and
+   through Ray Serve LLM's own ingress, side by side): the controller's overhead per
    stage (p50, lowest concurrency) and its throughput over direct calls' (highest concurrency).
 5. **Cost model**: a short ``cascade calibrate`` (``calibration.run``) on generated arithmetic prompts;
    the cost model's error is the held-out MAPE of predicted vs measured GPU-seconds per request, given
@@ -118,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait for the fleet to deploy and be ready (default 1200)")
     parser.add_argument("--nodes", default="1x1xH100",
                         help="nodes of the dry run's placement plan, as `cascade plan --nodes` (default 1x1xH100)")
-    # Serving overhead (scripts.bench_serving)
+    # Serving overhead (cascade_serve.serving_bench)
     parser.add_argument("--model", default=None, help="model of the direct and pinned arms (default: the first)")
     parser.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32],
                         help="concurrency levels (default 1,8,32)")
@@ -401,7 +402,7 @@ def print_plan(args: argparse.Namespace, fleet: FleetConfig, console: Any, probl
         f"preflight: engine stack (ray, vllm), GPU, weights; write {args.out / 'fleet.yaml'}",
         "connect to Ray" + (f" at {args.address}" if args.address else " (in this process)")
         + f", check placement on the live nodes, deploy, wait up to {args.ready_timeout_s:g} s",
-        f"serving overhead (scripts.bench_serving) on {args.model}: concurrency "
+        f"serving overhead (cascade_serve.serving_bench, Ray's ingress beside) on {args.model}: concurrency "
         f"{','.join(map(str, args.concurrency))}, {args.requests_c1} requests per arm at 1, {args.requests} above, "
         f"{args.max_tokens} tokens per answer",
         f"cost model: cascade calibrate on {args.cal_prompts} arithmetic prompts (seed {args.seed}, up to "
@@ -449,15 +450,44 @@ def _up(args: argparse.Namespace, fleet: FleetConfig, report: dict[str, Any]) ->
     report["timing_s"]["fleet_start"] = time.perf_counter() - started_s
 
 
-def _serving_overhead(args: argparse.Namespace, fleet: FleetConfig, console: Any) -> dict[str, Any]:
-    """Step 4: bench_serving's arms on the live fleet, with its headline numbers."""
-    from cascade_serve.progress import LoggedProgress
-    from scripts import bench_serving
+def serving_settings(args: argparse.Namespace, fleet: FleetConfig) -> Any:
+    """The serving benchmark's settings from the check's options: every arm of ``cascade_serve.serving_bench``,
+    Ray Serve LLM's ingress included, on the fleet's first two models."""
+    from cascade_serve.serving_bench import BenchSettings
 
-    with LoggedProgress(console=console) as bar:
-        task = bar.add_task("serving overhead", total=len(args.concurrency) + 1)
-        result = asyncio.run(bench_serving.bench(args, float(fleet.cascade.lambda_ or 0.0), bar, task))
-    result.update(bench_serving.headline(result["levels"]))
+    models = list(fleet.model_ids)
+    second = next((m for m in models if m != args.model), None)
+    return BenchSettings(model=args.model, second_model=second, default_lambda=float(fleet.cascade.lambda_ or 0.0),
+                         concurrency=tuple(args.concurrency), requests=args.requests, requests_c1=args.requests_c1,
+                         blocks=args.blocks, max_tokens=args.max_tokens, base_url=f"http://127.0.0.1:{args.port}",
+                         ray_ingress_prefixes=(("ray_ingress", RAY_INGRESS_PREFIX),))
+
+
+RAY_INGRESS_APP, RAY_INGRESS_PREFIX = "ray-openai", "/ray"
+
+
+def _serving_overhead(args: argparse.Namespace, fleet: FleetConfig, console: Any) -> dict[str, Any]:
+    """Step 4: the serving benchmark's arms on the live fleet (Ray Serve LLM's ingress deployed in front of
+    the same replicas first), with its headline numbers."""
+    from ray import serve
+
+    from cascade_serve.progress import LoggedProgress
+    from cascade_serve.serving_bench import ProcessCpu, bench, headline
+    from serve.app import CONTROLLER_DEPLOYMENT, model_deployment_names
+    from serve.deploy import APP_NAME, deploy_ray_ingress
+
+    settings = serving_settings(args, fleet)
+    deploy_ray_ingress(fleet, app_name=RAY_INGRESS_APP, route_prefix=RAY_INGRESS_PREFIX)
+    try:
+        cpu = ProcessCpu(APP_NAME, {"ray_ingress": RAY_INGRESS_APP})
+        handles = {"replica": serve.get_deployment_handle(model_deployment_names(fleet)[args.model], APP_NAME),
+                   "controller": serve.get_deployment_handle(CONTROLLER_DEPLOYMENT, APP_NAME)}
+        with LoggedProgress(console=console) as bar:
+            task = bar.add_task("serving overhead", total=len(args.concurrency) + 1)
+            result = asyncio.run(bench(settings, handles, cpu=cpu, on_level=lambda: bar.advance(task)))
+    finally:
+        serve.delete(RAY_INGRESS_APP)
+    result.update(headline(result["levels"]))
     return result
 
 

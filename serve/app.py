@@ -40,8 +40,9 @@ if TYPE_CHECKING:  # imported where used: the CLI imports this module, and routi
     from serve.controller import ControllerSettings
 
 __all__ = [
-    "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "build_app", "controller_deployment_version", "controller_parts",
-    "fleet_app", "llm_config", "model_deployment_version", "replica_demands",
+    "API_KEYS_ENV", "CONTROLLER_DEPLOYMENT", "CONTROLLER_ENV", "RAY_INGRESS_DEPLOYMENT", "build_app",
+    "controller_deployment_version", "controller_parts", "fleet_app", "llm_config", "model_deployment_names",
+    "model_deployment_version", "ray_ingress_app", "replica_demands",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,20 +168,11 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
         for spec in fleet.models
     }
     keys = api_keys if api_keys is not None else [k for k in os.environ.get(API_KEYS_ENV, "").split(",") if k]
-    # The controller's code is short async work: run it, and its handle router, on the replica's own
-    # event loop instead of extra threads, and write its access log in batches (settings of Ray's
-    # throughput-optimized mode): less CPU per request and per stage, which on small machines the
-    # engines would otherwise lose.
-    env = {
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    }
     controller = serve.deployment(
         serve_ingress(max_body_bytes=fleet.cascade.max_body_bytes),
         name=CONTROLLER_DEPLOYMENT,
         **controller_deployment_options(fleet),
-        ray_actor_options={"num_cpus": CONTROLLER_ACTOR_CPUS, "runtime_env": {"env_vars": env}},
+        ray_actor_options={"num_cpus": CONTROLLER_ACTOR_CPUS, "runtime_env": {"env_vars": dict(CONTROLLER_ENV)}},
     )
     # The estimators travel as bind arguments, pickled once into the deployment's config, so the replica
     # never reads the artifacts. Calibrated ones stay small: they grow with the fleet's models (hashed
@@ -196,6 +188,53 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
 
 
 CONTROLLER_ACTOR_CPUS = 1
+# The controller's code is short async work: run it, and its handle router, on the replica's own event
+# loop instead of extra threads, and write its access log in batches (settings of Ray's
+# throughput-optimized mode): less CPU per request and per stage, which on small machines the engines
+# would otherwise lose.
+CONTROLLER_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+RAY_INGRESS_DEPLOYMENT = "RayOpenAiIngress"  # Ray Serve LLM's own router, as the serving benchmark's anchor
+
+
+def model_deployment_names(fleet: FleetConfig) -> dict[str, str]:
+    """Model id -> the Serve deployment name of its replicas in the fleet's application."""
+    from ray.serve.llm import build_llm_deployment
+
+    return {spec.model_id: _deployment_name(build_llm_deployment(llm_config(spec), name_prefix="model:"))
+            for spec in fleet.models}
+
+
+def ray_ingress_app(fleet: FleetConfig, app_name: str, *, env_vars: dict[str, str] | None = None) -> Any:
+    """Ray Serve LLM's own OpenAI ingress (``OpenAiIngress``, as ``build_openai_app`` deploys it) in front of
+    the replicas the fleet's application ``app_name`` already runs: the anchor the serving benchmark
+    compares the controller with, on the same engines.
+
+    ``build_openai_app`` would start replicas of its own; this binds the same ingress class, with the same
+    model cards and deployment options, to handles of ours. Two changes, both for one machine: one replica
+    that takes no CPU from the scheduler (our controller is one replica; the fleet's CPUs are the
+    engines'), and ``env_vars`` for its process (default: Ray's defaults, as users get them).
+    """
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+    configs = {spec.model_id: llm_config(spec) for spec in fleet.models}
+    handles = {model: serve.get_deployment_handle(name, app_name=app_name)
+               for model, name in model_deployment_names(fleet).items()}
+    options = OpenAiIngress.get_deployment_options(list(configs.values()))
+    options.pop("autoscaling_config", None)
+    ingress = serve.deployment(
+        make_fastapi_ingress(OpenAiIngress), name=RAY_INGRESS_DEPLOYMENT,
+        **{**options, "num_replicas": 1},
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env_vars or {})}},
+    )
+    return ingress.bind(llm_deployments=handles,
+                        model_cards={model: to_model_metadata(model, c) for model, c in configs.items()},
+                        lora_paths={})
 
 
 def replica_demands(fleet: FleetConfig) -> dict[str, ReplicaDemand]:

