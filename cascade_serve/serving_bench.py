@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -345,7 +346,7 @@ async def profile_arm(fn: Call, settings: BenchSettings, concurrency: int, pids:
     import subprocess
     from pathlib import Path
 
-    spy = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise RuntimeError("py-spy is not installed: pip install py-spy (the dev extra has it)")
     out = Path(out_dir)

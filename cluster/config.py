@@ -231,6 +231,10 @@ class CascadeSettings(StrictModel):
     # Backpressure: requests the controller serves at once; more are shed at once with 503 + Retry-After.
     max_in_flight: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024)  # a larger request body is refused with 413
+    # How the controller reaches the model replicas: Serve's gRPC transport between deployments, with
+    # plain pickle for the JSON-shaped bodies (less CPU per stage than Ray actor calls: docs/serving_overhead.md),
+    # or Ray actor calls (Serve's default).
+    replica_transport: Literal["grpc", "actor"] = "grpc"
 
     @model_validator(mode="after")
     def _budget_or_lambda(self) -> CascadeSettings:

@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests-c1", type=int, default=60, help="requests per arm at concurrency 1 (default 60)")
     parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per arm and level (default 3)")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
+    parser.add_argument("--replica-transport", choices=["grpc", "actor"], default=None,
+                        help="the controller's transport to the replicas (default: the fleet file's)")
     parser.add_argument("--no-http", action="store_true",
                         help="handle arms only (no HTTP arms, no Ray ingress): the earlier benchmark")
     parser.add_argument("--profile", type=Path, default=None,
@@ -112,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("requests", "requests_c1", "blocks", "max_tokens", "profile_requests"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.profile is not None and not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()):
+        parser.error("--profile needs py-spy (the dev extra: uv pip install py-spy)")
     return args
 
 
@@ -151,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     from toymodels.tiny import TINY_FLEET, build_tiny_model
 
     fleet = FleetConfig.from_file(args.fleet)
+    if args.replica_transport is not None:
+        fleet = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(
+            update={"replica_transport": args.replica_transport})})
     models = list(fleet.model_ids)
     if args.model not in models:
         raise SystemExit(f"bench_serving: --model {args.model!r} is not in {args.fleet} ({', '.join(models)})")
@@ -195,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(headline(result["levels"]))
     result["fleet_start_s"] = start_s
     result["settings"] = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                          "second_model": second, "cpus": os.cpu_count()}
+                          "second_model": second, "replica_transport": fleet.cascade.replica_transport,
+                          "cpus": os.cpu_count()}
     _print(result, args, start_s)
     write_results(result, json_path=args.json, plot_path=args.plot, plot=_plot)
     if args.profile is not None and "profile" in result:
@@ -208,8 +218,8 @@ def _print(result: dict[str, Any], args: argparse.Namespace, start_s: float) -> 
     from rich.table import Table
 
     levels = result["levels"]
-    table = Table(title=f"serving arms ({args.model}, {args.max_tokens} tokens/answer, same replicas; fleet up in "
-                  f"{start_s:.0f} s)")
+    table = Table(title=f"serving arms ({args.model}, {args.max_tokens} tokens/answer, same replicas, controller to "
+                  f"replicas over {result['settings']['replica_transport']}; fleet up in {start_s:.0f} s)")
     for col in ("conc.", "arm", "p50 ms", "p99 ms", "req/s", "engine ms p50", "outside engine ms p50",
                 "CPU ms/req outside engine", "of which router"):
         table.add_column(col, justify="right")

@@ -183,7 +183,7 @@ def fleet_app(fleet: FleetConfig, *, api_keys: list[str] | None = None) -> Any:
                        "only by failed or timed-out stages")
         deployments = {}
     app = controller.bind(replicas=replicas, settings=settings, quality=quality, cost=cost, api_keys=keys,
-                          replica_deployments=deployments)
+                          replica_deployments=deployments, replica_transport=fleet.cascade.replica_transport)
     return _pin_version(app, controller_deployment_version(fleet, keys))
 
 

@@ -37,7 +37,8 @@ from serve.errors import error_body
 from serve.logs import controller_logger
 from serve.watch import live_models
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "serve_ingress"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "ROUTES", "TITLE", "BodyLimit", "Route", "http_app", "replica_handles",
+           "serve_ingress"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
             # Serve's proxy answers every request with its x-request-id: the controller must not add one.
             deployments: dict[str, str] = kwargs.pop("replica_deployments", {})
             watch = functools.partial(live_models, deployments) if deployments else None
+            kwargs["replicas"] = replica_handles(kwargs["replicas"], kwargs.pop("replica_transport", "actor"))
             self.controller = controller_cls(*args, echo_request_id=False, replica_watch=watch, **kwargs)
             # The decision core's compiled search is loaded (or compiled, once per install) before Serve
             # routes a request here, so no request pays for it; off the loop, which the probes share.
@@ -266,6 +268,18 @@ def serve_ingress(controller_cls: type[CascadeController] = CascadeController, *
         _add_route(app, route, method)
     ingress: type = serve.ingress(app)(CascadeIngress)
     return ingress
+
+
+def replica_handles(handles: dict[str, Any], transport: str) -> dict[str, Any]:
+    """The controller's handles to the model replicas over ``transport`` (``CascadeSettings.replica_transport``):
+    ``grpc`` is Serve's gRPC transport between deployments with pickle for the bodies, which are plain JSON
+    data (no cloudpickle needed); ``actor`` is Serve's default, Ray actor calls."""
+    if transport == "actor":
+        return dict(handles)
+    if transport != "grpc":
+        raise ValueError(f"replica_transport must be 'grpc' or 'actor', got {transport!r}")
+    return {model: h.options(_by_reference=False, request_serialization="pickle", response_serialization="pickle")
+            for model, h in handles.items()}
 
 
 def _method(handler: Handler) -> Callable[[Any, Request], Awaitable[Response]]:

@@ -43,6 +43,13 @@ def test_shipped_models_yaml_validates() -> None:
     assert fleet.cascade.policy == "cascade_routing"
 
 
+def test_the_controller_reaches_replicas_over_grpc_unless_the_file_says_actor() -> None:
+    assert FleetConfig.from_mapping(_fleet()).cascade.replica_transport == "grpc"
+    data = _fleet()
+    data["cascade"]["replica_transport"] = "actor"
+    assert FleetConfig.from_mapping(data).cascade.replica_transport == "actor"
+
+
 def test_gpus_count_tensor_parallel_and_min_replicas() -> None:
     fleet = FleetConfig.from_mapping(_fleet())
     assert [m.gpus_per_replica for m in fleet.models] == [1, 2]
@@ -75,6 +82,7 @@ _BAD = [
     (("cascade",), "lambda", 2.0, "cascade: give budget_gpu_s or lambda, not both"),
     (("cascade",), "stage_timeout_s", -1, "cascade.stage_timeout_s"),
     (("cascade",), "policy", "random", "cascade.policy"),
+    (("cascade",), "replica_transport", "http", "cascade.replica_transport"),
     (("cascade",), "max_depth", 3, "cascade.max_depth: 3 exceeds the 2 models"),
     ((), "models", [], "models: List should have at least 1 item"),
 ]

@@ -273,3 +273,38 @@ def test_controller_version_changes_with_what_the_controller_is_built_from(tmp_p
     first = controller_deployment_version(calibrated, ["k1"])
     (artifacts / "calibration.json").write_text('{"refit": true}')
     assert controller_deployment_version(calibrated, ["k1"]) != first
+
+
+def test_the_controller_gets_replica_handles_over_the_fleet_files_transport() -> None:
+    """``cascade.replica_transport`` reaches the controller's bind arguments, and the ingress configures its
+    handles by it: Serve's gRPC transport with pickle (``_by_reference=False``), or Ray actor calls as given."""
+    pytest.importorskip("ray.serve.llm", reason="ray[serve] is not installed (the cpu/gpu extra)")
+    import ray
+
+    from serve.app import fleet_app
+    from serve.ingress import replica_handles
+
+    class Handle:
+        def __init__(self, **options: Any) -> None:
+            self.options_given = options
+
+        def options(self, **options: Any) -> Handle:
+            return Handle(**options)
+
+    given = {"a": Handle(), "b": Handle()}
+    grpc = replica_handles(given, "grpc")
+    assert {m: h.options_given for m, h in grpc.items()} == {
+        m: {"_by_reference": False, "request_serialization": "pickle", "response_serialization": "pickle"}
+        for m in given}
+    assert replica_handles(given, "actor") == given
+    with pytest.raises(ValueError, match="replica_transport"):
+        replica_handles(given, "http")
+
+    fleet = FleetConfig.from_file(REPO / "models.cpu.yaml")
+    _private_ray()
+    try:
+        assert fleet_app(fleet, api_keys=[])._bound_deployment.init_kwargs["replica_transport"] == "grpc"
+        actor = fleet.model_copy(update={"cascade": fleet.cascade.model_copy(update={"replica_transport": "actor"})})
+        assert fleet_app(actor, api_keys=[])._bound_deployment.init_kwargs["replica_transport"] == "actor"
+    finally:
+        ray.shutdown()
