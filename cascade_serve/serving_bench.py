@@ -150,11 +150,11 @@ class ProcessCpu:
             if proc.pid == os.getpid():
                 self.processes["driver"].append(proc)
                 continue
-            role = next((r for r, t in titles.items() if t in title), None)
-            if role is None:
+            found = next((r for r, t in titles.items() if t in title), None)
+            if found is None:
                 continue
-            self.processes[role].append(proc)
-            if role == "replicas":
+            self.processes[found].append(proc)
+            if found == "replicas":
                 self.processes["engines"] += proc.children(recursive=True)
 
     def pids(self, role: str) -> list[int]:
