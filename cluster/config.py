@@ -233,7 +233,8 @@ class CascadeSettings(StrictModel):
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024)  # a larger request body is refused with 413
     # How the controller reaches the model replicas: Serve's gRPC transport between deployments, with
     # plain pickle for the JSON-shaped bodies (less CPU per stage than Ray actor calls: docs/serving_overhead.md),
-    # or Ray actor calls (Serve's default).
+    # or Ray actor calls (Serve's default; the choice where a firewall opens only Ray's ports between nodes,
+    # since each replica's gRPC server listens on a port the OS picks).
     replica_transport: Literal["grpc", "actor"] = "grpc"
 
     @model_validator(mode="after")
