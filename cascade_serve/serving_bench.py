@@ -31,7 +31,7 @@ import numpy as np
 
 __all__ = [
     "HANDLE_ARMS", "HTTP_ARMS", "PROMPTS", "ROLES", "BenchSettings", "ProcessCpu", "arm_cpu_ms", "arms",
-    "bench", "engine_ms", "headline", "profile_arm", "summarize_profile",
+    "bench", "concurrency_levels", "engine_ms", "headline", "profile_arm", "summarize_profile",
 ]
 
 PROMPTS = [
@@ -97,6 +97,19 @@ class BenchSettings:
         return {**body, "model": "cascade", "cascade": {"models": [self.model, self.second_model],
                                                          "policy": "threshold_cascade", "lambda": 0.0,
                                                          "max_depth": 2}}
+
+
+def concurrency_levels(text: str) -> list[int]:
+    """``--concurrency``'s argparse type: comma-separated positive integers."""
+    import argparse
+
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def arms(settings: BenchSettings, handles: dict[str, Any], http: Any | None) -> dict[str, Call]:

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cascade_serve.serving_bench import concurrency_levels
+
 RAY_INGRESS_APPS = {"ray_ingress": ("ray-openai", "/ray"), "ray_ingress_env": ("ray-openai-env", "/ray-env")}
 ARM_ORDER = ("direct", "controller", "passthrough", "ray_ingress", "ray_ingress_env", "http_passthrough",
              "http_cascade_1", "http_cascade_2")
@@ -79,16 +81,6 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=Path, default=Path("models.cpu.yaml"),
@@ -96,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny-small", help="the model of the one-model arms (default tiny-small)")
     parser.add_argument("--second-model", default=None,
                         help="the two-stage arm's second model (default: the fleet's next model after --model)")
-    parser.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32],
+    parser.add_argument("--concurrency", type=concurrency_levels, default=[1, 8, 32],
                         help="concurrency levels (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=192, help="requests per arm above concurrency 1 (default 192)")
     parser.add_argument("--requests-c1", type=int, default=60, help="requests per arm at concurrency 1 (default 60)")

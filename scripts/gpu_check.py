@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cascade_serve.serving_bench import concurrency_levels
 from cluster.config import ConfigError, FleetConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,16 +93,6 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, checked against each other; ``BadInput`` otherwise (the fleet is checked later)."""
     parser = _Parser(prog="python -m scripts.gpu_check", description=(__doc__ or "").splitlines()[0])
@@ -121,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="nodes of the dry run's placement plan, as `cascade plan --nodes` (default 1x1xH100)")
     # Serving overhead (cascade_serve.serving_bench)
     parser.add_argument("--model", default=None, help="model of the direct and pinned arms (default: the first)")
-    parser.add_argument("--concurrency", type=_positive_ints, default=[1, 8, 32],
+    parser.add_argument("--concurrency", type=concurrency_levels, default=[1, 8, 32],
                         help="concurrency levels (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=192, help="requests per arm above concurrency 1 (default 192)")
     parser.add_argument("--requests-c1", type=int, default=60, help="requests per arm at concurrency 1 (default 60)")

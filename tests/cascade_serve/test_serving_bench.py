@@ -203,3 +203,12 @@ def test_profile_summary_ranks_functions_and_attributes_origins() -> None:
                                    "native": pytest.approx(2 / 12), "ray core": pytest.approx(1 / 12)}
     assert s["ours_inclusive"] == pytest.approx(0.5)
     assert sb.summarize_profile("")["samples"] == 0
+
+
+@pytest.mark.parametrize("text", ["1,0", "1,x", "", "-3"])
+def test_concurrency_levels_are_positive_integers(text: str) -> None:
+    import argparse
+
+    assert sb.concurrency_levels("1,8,32") == [1, 8, 32]
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
+        sb.concurrency_levels(text)
