@@ -298,8 +298,12 @@ async def mixed(controller: Any, settings: BenchSettings, concurrency: int = 8) 
 
 
 async def bench(settings: BenchSettings, handles: dict[str, Any], *, cpu: ProcessCpu | None = None,
-                on_level: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Every level's interleaved arms, then the mixed cascade workload: ``{"levels": ..., "mixed": ...}``."""
+                on_level: Callable[[], None] | None = None, profile_dir: Any = None,
+                profile_requests: int = 400) -> dict[str, Any]:
+    """Every level's interleaved arms, then the mixed cascade workload: ``{"levels": ..., "mixed": ...}``.
+
+    With ``profile_dir`` (and ``cpu``), each one-stage HTTP arm then runs ``profile_requests`` more at the top
+    concurrency while py-spy samples the ingress it goes through (:func:`profile_arm`): ``"profile"``."""
     import httpx
 
     limits = httpx.Limits(max_connections=max(settings.concurrency) + 8,
@@ -316,6 +320,12 @@ async def bench(settings: BenchSettings, handles: dict[str, Any], *, cpu: Proces
             if on_level is not None:
                 on_level()
         result = {"levels": levels, "mixed": await mixed(handles["controller"], settings)}
+        if profile_dir is not None and cpu is not None:
+            top = max(settings.concurrency)
+            profiled = [a for a in ("ray_ingress", "ray_ingress_env", "http_passthrough", "http_cascade_1")
+                        if a in calls and cpu.pids(str(_INGRESS[a]))]
+            result["profile"] = {a: await profile_arm(calls[a], settings, top, cpu.pids(str(_INGRESS[a])), profile_dir,
+                                                      a, profile_requests) for a in profiled}
     finally:
         if client is not None:
             await client.aclose()

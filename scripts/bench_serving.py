@@ -113,26 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def _run(settings: Any, handles: dict[str, Any], cpu: Any, args: argparse.Namespace,
-               on_level: Any) -> dict[str, Any]:
-    import httpx
-
-    from cascade_serve.serving_bench import arms, bench, profile_arm
-
-    result = await bench(settings, handles, cpu=cpu, on_level=on_level)
-    if args.profile is not None and settings.base_url is not None:
-        plan = {"ray_ingress": "ray_ingress", "ray_ingress_env": "ray_ingress_env", "http_passthrough": "controller",
-                "http_cascade_1": "controller"}
-        c = max(settings.concurrency)
-        async with httpx.AsyncClient(base_url=settings.base_url, timeout=120.0,
-                                     limits=httpx.Limits(max_connections=c + 8)) as client:
-            calls = arms(settings, handles, client)
-            result["profile"] = {arm: await profile_arm(calls[arm], settings, c, cpu.pids(role), args.profile, arm,
-                                                        args.profile_requests)
-                                 for arm, role in plan.items() if arm in calls and cpu.pids(role)}
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -142,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cascade_serve.progress import LoggedProgress
     from cascade_serve.report import write_results
-    from cascade_serve.serving_bench import BenchSettings, ProcessCpu, headline
+    from cascade_serve.serving_bench import BenchSettings, ProcessCpu, bench, headline
     from cluster.config import FleetConfig
     from serve.app import CONTROLLER_DEPLOYMENT, CONTROLLER_ENV, model_deployment_names
     from serve.deploy import APP_NAME, connect, deploy, deploy_ray_ingress, wait_ready
@@ -187,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             handles = {"replica": serve.get_deployment_handle(model_deployment_names(fleet)[args.model], APP_NAME),
                        "controller": serve.get_deployment_handle(CONTROLLER_DEPLOYMENT, APP_NAME)}
             bar.update(task, description="benchmark", total=len(args.concurrency) + 1, completed=0)
-            result = asyncio.run(_run(settings, handles, cpu, args, lambda: bar.advance(task)))
+            result = asyncio.run(bench(settings, handles, cpu=cpu, on_level=lambda: bar.advance(task),
+                                       profile_dir=args.profile, profile_requests=args.profile_requests))
             result["processes"] = {role: cpu.pids(role) for role in cpu.processes}
     finally:
         serve.shutdown()

@@ -26,7 +26,7 @@ class _Handle:
         async def run(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
             log.append((name, body))
             if body["model"] == "cascade":
-                stages = [dict(STAGE, model=m) for m in body["cascade"]["models"]]
+                stages = [dict(STAGE, model=m) for m in body["cascade"].get("models", ["small", "large"])]
                 return {"model": stages[-1]["model"], "cascade": {"stages": stages, "total_gpu_ms": 5.0}}
             return {"model": body["model"], "metrics": {"queue_time_ms": 1.0, "time_to_first_token_ms": 2.0,
                                                         "generation_time_ms": 7.0}}
@@ -212,3 +212,30 @@ def test_concurrency_levels_are_positive_integers(text: str) -> None:
     assert sb.concurrency_levels("1,8,32") == [1, 8, 32]
     with pytest.raises(argparse.ArgumentTypeError, match="positive integers"):
         sb.concurrency_levels(text)
+
+
+def test_the_profile_samples_the_ingress_each_one_stage_http_arm_goes_through(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Any) -> None:
+    log: list[tuple[str, dict[str, Any]]] = []
+    handles = {"replica": _Handle(log, "replica"), "controller": _Handle(log, "controller")}
+    real_arms = sb.arms
+    # The HTTP arms answer from the fake client instead of the proxy bench() would connect to.
+    monkeypatch.setattr(sb, "arms", lambda settings, h, http: real_arms(settings, h, _Http(log)))
+    sampled: list[tuple[str, list[int], int, int]] = []
+
+    async def fake_profile(fn: Any, settings: Any, concurrency: int, pids: list[int], out_dir: Any, label: str,
+                           requests: int) -> dict[str, Any]:
+        sampled.append((label, list(pids), concurrency, requests))
+        return {"label": label}
+
+    monkeypatch.setattr(sb, "profile_arm", fake_profile)
+
+    class Cpu(_Cpu):
+        def pids(self, role: str) -> list[int]:
+            return {"controller": [11], "ray_ingress": [22]}.get(role, [])
+
+    result = asyncio.run(sb.bench(SETTINGS, handles, cpu=Cpu(), profile_dir=tmp_path, profile_requests=5))  # type: ignore[arg-type]
+    assert sampled == [("ray_ingress", [22], 2, 5), ("http_passthrough", [11], 2, 5), ("http_cascade_1", [11], 2, 5)]
+    assert set(result["profile"]) == {"ray_ingress", "http_passthrough", "http_cascade_1"}
+    assert "profile" not in asyncio.run(sb.bench(SETTINGS, handles, cpu=Cpu()))  # type: ignore[arg-type]
+
