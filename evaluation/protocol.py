@@ -86,7 +86,7 @@ _VALIDATION_STREAM = 1_000
 
 METHODS = CONSTANT_LAMBDA_POLICIES
 ESTIMATORS = ("simulated", "trained")
-CALIBRATION_SHRINKAGE = ("none", "empirical_bayes")
+CALIBRATION_SHRINKAGE = ("none", "empirical_bayes", "pooled")
 
 
 class _SplittableSource(EstimateSource, Protocol):
@@ -119,7 +119,8 @@ class ProtocolSettings:
     budget_margin_se: float = DEFAULT_BUDGET_MARGIN_SE
     # Simulated estimators' per-model calibration: "empirical_bayes" pulls each model's slope toward the
     # pooled slope by how noisy it is (evaluation.simulated.shrink_toward_pooled); "none": per model alone,
-    # as the reference. Trained estimators ignore it.
+    # as the reference; "pooled": one slope for every model (docs/routerbench_results.md says why not by
+    # default). Trained estimators ignore it.
     calibration_shrinkage: str = "empirical_bayes"
 
     def __post_init__(self) -> None:

@@ -155,9 +155,10 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
     ----------
     fit_intercept : bool, default=True
         Whether each line has an intercept. Without one, lines go through the origin.
-    shrinkage : {"none", "empirical_bayes"}, default="none"
-        ``"empirical_bayes"`` pulls each column's slope toward the pooled slope (one slope for every
-        column, each keeping its own intercept) by how noisy its own slope is: weight
+    shrinkage : {"none", "empirical_bayes", "pooled"}, default="none"
+        ``"pooled"`` gives every column the pooled slope (one slope for every column, each keeping its own
+        intercept). ``"empirical_bayes"`` pulls each column's slope toward the pooled slope by how noisy its
+        own slope is: weight
         ``tau² / (tau² + v_j)`` on the column's least-squares slope, where ``v_j`` is that slope's sampling
         variance and ``tau²`` the spread of the true slopes across columns, estimated by the method of
         moments. Few rows (large ``v_j``) give the pooled slope, many rows each column's own (see
@@ -232,8 +233,12 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
             residual = (y2 - y_mean) - coef * xs
             dof = len(x_arr) - (2 if self.fit_intercept else 1)
             coef, weight = shrink_toward_pooled(coef, sxx, sxy, np.einsum("ij,ij->j", residual, residual), dof, ok)
+        elif self.shrinkage == "pooled":
+            if ok.any():
+                coef[ok] = float(sxy[ok].sum() / sxx[ok].sum())
+                weight[ok] = 0.0
         elif self.shrinkage != "none":
-            raise ValueError(f"shrinkage must be 'none' or 'empirical_bayes', got {self.shrinkage!r}")
+            raise ValueError(f"shrinkage must be 'none', 'empirical_bayes' or 'pooled', got {self.shrinkage!r}")
         self.coef_ = coef
         self.shrink_weight_ = weight
         self.intercept_ = y_mean - coef * x_mean
@@ -328,7 +333,7 @@ def simulated_estimates(
         leak of algorithm-spec §8 item 9.
     post_var : float, default=1e-6
         Variance of every post-hoc quality estimate (the answer is known).
-    shrinkage : {"none", "empirical_bayes"}, default="none"
+    shrinkage : {"none", "empirical_bayes", "pooled"}, default="none"
         Of the per-model slopes toward the pooled slope (:class:`PerModelLinearCalibrator`).
 
     Returns

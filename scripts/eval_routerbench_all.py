@@ -3,6 +3,8 @@
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/routerbench
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_sweep --seeds 0-4 --test-sizes 0.95,0.99
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_trained --estimators trained --seeds 0-4
+    .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_pooled --seeds 0-4 --test-sizes 0.99 \
+        --calibration-shrinkage pooled
 
 Writes, per run, ``<out>/test<size>/<models>_<noise>_s<seed>.json`` and ``.png`` (the protocol's result and
 curves; ``noise`` is ``trained`` with trained estimators). A run whose JSON exists is read back, not rerun,
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="protocol worker processes (default 2)")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (default 500)")
     parser.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10)")
+    parser.add_argument("--calibration-shrinkage", choices=["none", "empirical_bayes", "pooled"], default=None,
+                        help="simulated estimators' per-model calibration (default: the protocol's)")
     args = parser.parse_args(argv)
 
     from cascade_serve.main import _DEFAULT_ROUTERBENCH
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if trained:
         estimator_table, table = split_by_file(table, data)
     noises = ["trained"] if trained else args.noise.split(",")
+    shrinkage = {} if args.calibration_shrinkage is None else {"calibration_shrinkage": args.calibration_shrinkage}
     summary: dict[str, dict[str, Any]] = {}
     for size in args.test_sizes.split(","):
         folder = args.out / f"test{size}"
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     settings = ProtocolSettings(models=int(models), estimators=args.estimators,
                                                 noise=None if trained else noise, seed=seed, test_size=float(size),
-                                                n_bootstrap=args.bootstrap, per_segment=args.per_segment)
+                                                n_bootstrap=args.bootstrap, per_segment=args.per_segment,
+                                                **shrinkage)
                     started = time.perf_counter()
                     result = run_protocol(table, settings, n_jobs=args.jobs, estimator_table=estimator_table,
                                           bootstrap_samples=True)

@@ -52,6 +52,25 @@ def test_shrinkage_keeps_each_columns_mean() -> None:
     np.testing.assert_allclose(shrunk.predict(x).mean(axis=0), y.mean(axis=0), atol=1e-12)
 
 
+def test_pooled_gives_every_column_one_slope_and_keeps_its_mean() -> None:
+    """Even with many rows, where the columns' own slopes are clearly apart, "pooled" keeps one slope."""
+    x, y = _data(20_000, seed=4)
+    pooled = PerModelLinearCalibrator(shrinkage="pooled").fit(x, y)
+    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+    np.testing.assert_allclose(pooled.coef_, float((xc * yc).sum() / (xc * xc).sum()), rtol=1e-12)
+    np.testing.assert_allclose(pooled.shrink_weight_, 0.0)
+    np.testing.assert_allclose(pooled.predict(x).mean(axis=0), y.mean(axis=0), atol=1e-12)
+    assert ProtocolSettings(calibration_shrinkage="pooled").calibration_shrinkage == "pooled"
+
+
+def test_pooled_leaves_a_constant_column_at_its_mean() -> None:
+    x, y = _data(50, seed=5)
+    x[:, 1] = 2.0
+    pooled = PerModelLinearCalibrator(shrinkage="pooled").fit(x, y)
+    assert pooled.coef_[1] == 0.0 and pooled.coef_[0] == pooled.coef_[2] != 0.0
+    np.testing.assert_allclose(pooled.predict(x)[:, 1], y[:, 1].mean())
+
+
 def test_no_residual_degrees_of_freedom_takes_the_pooled_slope() -> None:
     coef = np.array([1.0, 3.0])
     slopes, weights = shrink_toward_pooled(coef, np.array([1.0, 1.0]), np.array([1.0, 3.0]), np.zeros(2), 0,

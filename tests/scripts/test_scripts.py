@@ -46,6 +46,18 @@ def test_eval_routerbench_all_writes_summary(tmp_path: Path) -> None:
     assert not (tmp_path / "test0.5" / "3_low_s1.png").exists()
 
 
+def test_eval_routerbench_all_passes_the_calibration_shrinkage_on(tmp_path: Path) -> None:
+    argv = ["--data", str(FIXTURE), "--models", "3", "--noise", "high", "--seeds", "0", "--test-sizes", "0.5",
+            "--bootstrap", "20", "--per-segment", "2", "--jobs", "1"]
+    runs = {}
+    for shrinkage in ("pooled", "none"):
+        out = tmp_path / shrinkage
+        assert eval_routerbench_all.main([*argv, "--out", str(out), "--calibration-shrinkage", shrinkage]) == 0
+        runs[shrinkage] = json.loads((out / "test0.5" / "3_high_s0.json").read_text())
+        assert runs[shrinkage]["settings"]["calibration_shrinkage"] == shrinkage
+    assert runs["pooled"]["points"]["cascade_routing"] != runs["none"]["points"]["cascade_routing"]
+
+
 def test_seed_mean_ci_averages_each_resample_over_seeds() -> None:
     def run(seed: int, cr: list[float], rout: list[float]) -> dict[str, object]:
         auc = {"linear": 80.0, "routing": float(np.mean(rout)), "cascade_routing": float(np.mean(cr))}
