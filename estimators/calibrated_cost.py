@@ -228,7 +228,7 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         (``estimators.bounded_update``).
     concurrency : int or None, default=None
         Informational: the replay concurrency the timings were measured at.
-    gpus_per_replica : dict of str to int or None, default=None
+    gpus_per_replica : dict of str to number or None, default=None
         GPUs each model's replica holds; models not listed hold one.
     usd_per_gpu_hour : float or None, default=None
         Price of one GPU-hour, for :meth:`usd`.
@@ -266,7 +266,7 @@ class GpuTimeCostModel(BaseEstimator):  # type: ignore[misc]
         live_bounds: tuple[float, float] = (0.5, 2.0),
         live_max_log_step: float = DEFAULT_MAX_LOG_STEP,
         concurrency: int | None = None,
-        gpus_per_replica: Mapping[str, int] | None = None,
+        gpus_per_replica: Mapping[str, float] | None = None,
         usd_per_gpu_hour: float | None = None,
     ) -> None:
         self.n_text_features = n_text_features

@@ -9,10 +9,11 @@ resamples of the questions, so a difference is judged against the noise of the q
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from evaluation.metrics import ConfidenceInterval, bootstrap_indices, bootstrap_means
 
@@ -20,7 +21,7 @@ __all__ = ["value_summary"]
 
 
 def value_summary(
-    quality: Mapping[str, Sequence[float]], gpu_s: Mapping[str, Sequence[float]], *, reference: str,
+    quality: Mapping[str, ArrayLike], gpu_s: Mapping[str, ArrayLike], *, reference: str,
     n_resamples: int = 2000, seed: int = 0,
 ) -> dict[str, Any]:
     """Each arm's accuracy (95% CI), GPU-seconds per question, cost relative to ``reference``, and its

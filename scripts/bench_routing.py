@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # The JIT, before any timed decision: load the compiled search from numba's disk cache, or
     # compile it if the cache is missing or stale (what a controller does once at start).
     jit_warm_up_s = warm_up()
-    jit_compiled = sum(compiled_search.stats.cache_misses.values()) > 0
+    jit_compiled = sum(compiled_search.stats.cache_misses.values()) > 0  # type: ignore[attr-defined]
 
     ks = [int(k) for k in args.models.split(",")]
     rng = np.random.default_rng(args.seed)
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                         t0 = time.perf_counter()
                         reference = search_supermodel_numpy(
                             one.q_mean[0], one.cost[0], answered, float(lambdas[min(step, lambdas.shape[0] - 1)]),
-                            var=one.q_var[0], max_depth=min(lambdas.shape[0], policy.n_steps(k)),
+                            var=None if one.q_var is None else one.q_var[0],
+                            max_depth=min(lambdas.shape[0], policy.n_steps(k)),
                             expensive_tie=policy.gamma_, rng=np.random.default_rng(j),
                         )
                         times_numpy.append(time.perf_counter() - t0)

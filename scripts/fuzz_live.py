@@ -565,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                     raw_model_share=args.raw_model_share, max_tokens=args.max_tokens, max_n=args.max_n)
     if args.save_probes is not None:
         return _save(document, adjust, args, console)
+    stream: list[Probe] | Iterator[Probe]
     if args.probes is not None:
         try:
             stream = _saved(args.probes, url, args.api_key, args.requests)
