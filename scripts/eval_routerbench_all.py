@@ -3,7 +3,7 @@
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/routerbench
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_sweep --seeds 0-4 --test-sizes 0.95,0.99
     .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_trained --estimators trained --seeds 0-4
-    .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_pooled --seeds 0-4 --test-sizes 0.99 \
+    .venv/bin/python -m scripts.eval_routerbench_all --out runs/rb_pooled --seeds 0-4 --test-sizes 0.99,0.95 \
         --calibration-shrinkage pooled
 
 Writes, per run, ``<out>/test<size>/<models>_<noise>_s<seed>.json`` and ``.png`` (the protocol's result and
