@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/routerbench"), help="output folder")
     parser.add_argument("--seeds", default="0", help="noise (or estimator) seeds: '0-4' or '0,1' (default 0)")
     parser.add_argument("--test-sizes", default="0.95", help="comma-separated test shares (default 0.95)")
-    parser.add_argument("--models", default="3,5,11", help="model sets (default 3,5,11)")
+    parser.add_argument("--models", default="3,5,11",
+                        help="model sets: the paper's 3, 5, 11, or 'all' for every model in --data (default 3,5,11)")
     parser.add_argument("--noise", default="low,medium,high", help="noise levels (default low,medium,high)")
     parser.add_argument("--estimators", choices=["simulated", "trained"], default="simulated")
     parser.add_argument("--jobs", type=int, default=2, help="protocol worker processes (default 2)")
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     if path.exists():
                         results.append(json.loads(path.read_text()))
                         continue
-                    settings = ProtocolSettings(models=int(models), estimators=args.estimators,
+                    settings = ProtocolSettings(models=tuple(table.models) if models == "all" else int(models),
+                                                estimators=args.estimators,
                                                 noise=None if trained else noise, seed=seed, test_size=float(size),
                                                 n_bootstrap=args.bootstrap, per_segment=args.per_segment,
                                                 **shrinkage)
