@@ -235,7 +235,7 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
             coef, weight = shrink_toward_pooled(coef, sxx, sxy, np.einsum("ij,ij->j", residual, residual), dof, ok)
         elif self.shrinkage == "pooled":
             if ok.any():
-                coef[ok] = float(sxy[ok].sum() / sxx[ok].sum())
+                coef[ok] = _pooled_slope(sxx, sxy, ok)
                 weight[ok] = 0.0
         elif self.shrinkage != "none":
             raise ValueError(f"shrinkage must be 'none', 'empirical_bayes' or 'pooled', got {self.shrinkage!r}")
@@ -291,7 +291,7 @@ def shrink_toward_pooled(
     slopes, weights = coef.copy(), np.ones_like(coef)
     if not ok.any():
         return slopes, weights
-    pooled = float(sxy[ok].sum() / sxx[ok].sum())
+    pooled = _pooled_slope(sxx, sxy, ok)
     if dof < 1:
         var = np.full(int(ok.sum()), np.inf)
     else:
@@ -303,6 +303,11 @@ def shrink_toward_pooled(
     weights[ok] = w
     slopes[ok] = w * coef[ok] + (1.0 - w) * pooled
     return slopes, weights
+
+
+def _pooled_slope(sxx: FloatArray, sxy: FloatArray, ok: NDArray[np.bool_]) -> float:
+    """One least-squares slope for every column with a signal (within-column sums, so each keeps its mean)."""
+    return float(sxy[ok].sum() / sxx[ok].sum())
 
 
 def simulated_estimates(
