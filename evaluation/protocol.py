@@ -122,6 +122,9 @@ class ProtocolSettings:
     # as the reference; "pooled": one slope for every model (docs/routerbench_results.md says why not by
     # default). Trained estimators ignore it.
     calibration_shrinkage: str = "empirical_bayes"
+    # Cascade routing's per-step lambda search may also start from "cheapest model first"
+    # (routing._lambda_search); False: the paper's search, from the constant fit only.
+    cascade_start: bool = True
 
     def __post_init__(self) -> None:
         if self.estimators not in ESTIMATORS:
@@ -145,6 +148,8 @@ class ProtocolSettings:
         margin = self.budget_margin_se
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < float("inf"):
             raise ValueError(f"budget_margin_se must be a finite number >= 0 (standard errors), got {margin!r}")
+        if not isinstance(self.cascade_start, bool):
+            raise ValueError(f"cascade_start must be True or False, got {self.cascade_start!r}")
         if self.calibration_shrinkage not in CALIBRATION_SHRINKAGE:
             raise ValueError(f"calibration_shrinkage must be one of {list(CALIBRATION_SHRINKAGE)}, "
                              f"got {self.calibration_shrinkage!r}")
@@ -172,7 +177,8 @@ def _make_policy(method: str, budget: float, s: ProtocolSettings) -> Policy:
                               n_search=s.n_search, seed=s.seed)
     if method == "cascade_routing":
         return CascadeRouter(max_expected_cost=budget, budget_margin_se=margin, max_depth=s.max_depth,
-                             strategy=strategy, n_search=s.n_search, seed=s.seed)
+                             strategy=strategy, n_search=s.n_search, cascade_start=s.cascade_start,
+                             seed=s.seed)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 

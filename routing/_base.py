@@ -67,6 +67,8 @@ class Policy(ABC):
     seed: int
     # Steps whose multiplier has no effect (a cascade always runs its first model).
     _first_free_step = 0
+    # The per-step search may also start from "cheapest model first" (routing._lambda_search).
+    cascade_start: bool = False
     # decide()'s tie-break generator when the caller gives none (created on first use).
     _rng: np.random.Generator | None = None
 
@@ -167,6 +169,7 @@ class Policy(ABC):
             strategy=self.strategy,
             first_free_step=self._first_free_step,
             n_search=self.n_search,
+            cascade_start=self.cascade_start,
             rng=np.random.default_rng(self.seed),
         )
         self.n_models_ = n_models

@@ -211,6 +211,10 @@ class CascadeRouter(_SupermodelPolicy):
         How lambdas are fitted (``routing._lambda_search``).
     n_search : int
         Evaluations of the per-step search.
+    cascade_start : bool, default True
+        The per-step search may also start from the cascade start (the cheapest model first, the later
+        steps' lambda fitted to the budget) and keeps it when validation quality is higher
+        (``routing._lambda_search``); False: only from the constant fit, as the paper.
     tie_tol : float
         Scores closer than this are ties.
     n_qmc_points : int
@@ -241,6 +245,7 @@ class CascadeRouter(_SupermodelPolicy):
         prune: bool = True,
         strategy: Strategy = "per_step",
         n_search: int = 24,
+        cascade_start: bool = True,
         tie_tol: float = DEFAULT_TIE_TOL,
         n_qmc_points: int = DEFAULT_QMC_POINTS,
         seed: int = 0,
@@ -250,6 +255,7 @@ class CascadeRouter(_SupermodelPolicy):
         self.budget_margin_se = budget_margin_se
         self.max_depth = max_depth
         self.force_order = force_order
+        self.cascade_start = cascade_start
         self.greedy = greedy
         self.prune = prune
         self.strategy = strategy
@@ -275,8 +281,9 @@ class OptimalCascade(_SupermodelPolicy):
     """The optimal cascade (Alg. 2): models in cost order; after each answer, stop or go on by
     comparing the prefix supermodels' E[max] - lambda_j cost.
 
-    Parameters and attributes as ``CascadeRouter`` (no ordering, greedy or pruning options: the
-    paper runs cascades without pruning). lambda_0 has no effect: the first model always runs.
+    Parameters and attributes as ``CascadeRouter`` (no ordering, greedy, pruning or cascade-start
+    options: the paper runs cascades without pruning, and a cascade always starts with its first model).
+    lambda_0 has no effect: the first model always runs.
     """
 
     _first_free_step = 1

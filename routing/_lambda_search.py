@@ -9,6 +9,12 @@ cost (``routing._simulate.rollout``). Strategies:
   (log-normal steps around the incumbent), accepting a vector only if it is within budget and raises
   validation quality. It stands in for the reference's hyperopt search, whose bound bug made it a
   search over [0, max_lambda] anyway (spec §8 item 5), at a fixed, small number of evaluations.
+  With ``cascade_start`` the search may instead start from the cascade start: lambda_0 so large that the
+  first step runs the cheapest model, the later steps' common lambda bisected to the budget. With two
+  models that vector *is* the optimal cascade, and a local search from the router-like constant fit
+  rarely reaches it (lambda_0 must grow by orders of magnitude while the others stay put). The start
+  with the higher validation quality within budget seeds the local search, so the fit can only gain
+  validation quality from it.
 
 Budget checks are ``cost <= budget`` everywhere, up to one ulp of summation order (the reference
 mixes < and <=, spec §8 item 6).
@@ -31,6 +37,10 @@ Strategy = Literal["constant", "per_step"]
 Evaluate = Callable[[FloatArray, bool], tuple[float, float]]
 
 _LAMBDA_CEILING = 1e12
+# lambda_0 of the cascade start, in units of lambda_scale (1 / mean cost): a cost gap of 1e-4 of the mean
+# then outweighs any quality difference (qualities lie in [0, 1]) while lambda * cost stays small enough
+# (about 1e6) for float64 to keep the quality digits that break ties between equal costs.
+_CASCADE_START_SCALE = 1e6
 # An average cost equal to the budget up to summation order (one ulp) is within budget: the same
 # mean summed along another axis can differ in the last bit.
 BUDGET_RTOL = 1e-12
@@ -76,6 +86,7 @@ def fit_lambdas(
     n_bisect: int = 40,
     rtol: float = 1e-4,
     n_search: int = 24,
+    cascade_start: bool = False,
     rng: np.random.Generator,
 ) -> LambdaFit:
     """Fit lambdas (shape (n_steps,)) and gamma so that the validation cost stays within ``budget``.
@@ -89,6 +100,10 @@ def fit_lambdas(
     first_free_step : int
         Steps before it have no effect on the policy (a cascade always runs its first model), so the
         per-step search leaves them alone.
+    cascade_start : bool
+        With ``strategy="per_step"``, more than one step and ``first_free_step == 0``: also fit the
+        cascade start (module docstring) and search from whichever start has the higher validation
+        quality. A budget the cascade start cannot keep leaves the constant fit as the start.
     """
     if not np.isfinite(budget) or budget < 0:
         raise ValueError(f"budget must be a finite non-negative number, got {budget!r}")
@@ -99,36 +114,31 @@ def fit_lambdas(
         calls += 1
         return evaluate(lambdas, expensive)
 
+    if strategy not in ("constant", "per_step"):
+        raise ValueError(f"strategy must be 'constant' or 'per_step', got {strategy!r}")
     limit = budget * (1.0 + BUDGET_RTOL)
-    ones = np.ones(n_steps)
-    cost0, quality0 = run(0.0 * ones)
-    if cost0 <= limit:
-        best_lam, best_cost, best_quality = 0.0 * ones, cost0, quality0
-    else:
-        hi = max(float(lambda_scale), 1e-12)
-        cost_hi, quality_hi = run(hi * ones)
-        while cost_hi > limit:
-            hi *= 4.0
-            if hi > _LAMBDA_CEILING:
-                raise BudgetUnreachableError(
-                    f"budget {budget:.6g} is below the cheapest average cost this policy reaches on the "
-                    f"validation set ({cost_hi:.6g} at lambda={hi / 4:.3g})",
-                    cheapest_cost=cost_hi,
-                )
-            cost_hi, quality_hi = run(hi * ones)
-        lo = 0.0
-        for _ in range(n_bisect):
-            if hi - lo <= rtol * hi:
-                break
-            mid = 0.5 * (lo + hi)
-            cost_mid, quality_mid = run(mid * ones)
-            if cost_mid <= limit:
-                hi, cost_hi, quality_hi = mid, cost_mid, quality_mid
-            else:
-                lo = mid
-        best_lam, best_cost, best_quality = hi * ones, cost_hi, quality_hi
+    best_lam, best_cost, best_quality = _bisect_constant(
+        run, np.zeros(n_steps), np.ones(n_steps), limit=limit, budget=budget, lambda_scale=lambda_scale,
+        n_bisect=n_bisect, rtol=rtol,
+    )
 
     free = n_steps - first_free_step
+    if strategy == "per_step" and cascade_start and first_free_step == 0 and n_steps > 1:
+        offset = np.zeros(n_steps)
+        offset[0] = _CASCADE_START_SCALE * max(float(lambda_scale), 1e-12)
+        direction = np.ones(n_steps)
+        direction[0] = 0.0
+        try:
+            lam_c, cost_c, quality_c = _bisect_constant(
+                run, offset, direction, limit=limit, budget=budget, lambda_scale=lambda_scale,
+                n_bisect=n_bisect, rtol=rtol,
+            )
+        except BudgetUnreachableError:
+            pass
+        else:
+            if quality_c > best_quality + 1e-12:
+                best_lam, best_cost, best_quality = lam_c, cost_c, quality_c
+
     if strategy == "per_step" and free > 1 and np.any(best_lam > 0):
         for _ in range(n_search):
             candidate = best_lam.copy()
@@ -136,8 +146,6 @@ def fit_lambdas(
             cost_c, quality_c = run(candidate)
             if cost_c <= limit and quality_c > best_quality + 1e-12:
                 best_lam, best_cost, best_quality = candidate, cost_c, quality_c
-    elif strategy not in ("constant", "per_step"):
-        raise ValueError(f"strategy must be 'constant' or 'per_step', got {strategy!r}")
 
     cost_expensive, _ = run(best_lam, True)
     if cost_expensive > best_cost:
@@ -145,3 +153,46 @@ def fit_lambdas(
     else:
         gamma = 0.0
     return LambdaFit(best_lam, gamma, best_cost, best_quality, cost_expensive, calls)
+
+
+def _bisect_constant(
+    run: Callable[[FloatArray], tuple[float, float]],
+    offset: FloatArray,
+    direction: FloatArray,
+    *,
+    limit: float,
+    budget: float,
+    lambda_scale: float,
+    n_bisect: int,
+    rtol: float,
+) -> tuple[FloatArray, float, float]:
+    """The smallest t >= 0 with ``offset + t * direction`` within budget: (lambdas, cost, quality).
+
+    Cost falls as t rises. t = 0 is tried first; otherwise the bracket starts at ``lambda_scale`` and
+    grows by 4 until the cost is within ``limit``, then bisection narrows it to ``rtol``.
+    """
+    cost0, quality0 = run(offset.copy())
+    if cost0 <= limit:
+        return offset.copy(), cost0, quality0
+    hi = max(float(lambda_scale), 1e-12)
+    cost_hi, quality_hi = run(offset + hi * direction)
+    while cost_hi > limit:
+        hi *= 4.0
+        if hi > _LAMBDA_CEILING:
+            raise BudgetUnreachableError(
+                f"budget {budget:.6g} is below the cheapest average cost this policy reaches on the "
+                f"validation set ({cost_hi:.6g} at lambda={hi / 4:.3g})",
+                cheapest_cost=cost_hi,
+            )
+        cost_hi, quality_hi = run(offset + hi * direction)
+    lo = 0.0
+    for _ in range(n_bisect):
+        if hi - lo <= rtol * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        cost_mid, quality_mid = run(offset + mid * direction)
+        if cost_mid <= limit:
+            hi, cost_hi, quality_hi = mid, cost_mid, quality_mid
+        else:
+            lo = mid
+    return offset + hi * direction, cost_hi, quality_hi

@@ -558,3 +558,58 @@ def test_invalid_max_depth_is_refused_by_name(cls: type, depth: object) -> None:
 def test_max_depth_none_means_no_limit(cls: type) -> None:
     assert cls(max_depth=None).n_steps(7) == 7
     assert cls(max_depth=np.int64(2)).n_steps(7) == 2
+
+
+def _two_paths(cascade_cost: float) -> Callable[[np.ndarray, bool], tuple[float, float]]:
+    """A validation set where the cheap model first, escalating on a small later lambda, is best, but one
+    constant lambda cannot say it: below 1 every query goes to the dear model (cost 10, quality 0.9), from 1
+    on to the cheap one alone (cost 1, quality 0.5). lambda_0 above 100 starts with the cheap model, and
+    then lambda_1 below 1 escalates (``cascade_cost``, quality 1)."""
+
+    def evaluate(lambdas: np.ndarray, expensive: bool) -> tuple[float, float]:
+        if lambdas[0] > 100.0:
+            return (cascade_cost, 1.0) if lambdas[1] < 1.0 else (1.0, 0.5)
+        return (10.0, 0.9) if lambdas[0] < 1.0 else (1.0, 0.5)
+
+    return evaluate
+
+
+def test_the_lambda_search_can_start_from_the_cascade() -> None:
+    """With the cascade start the fit finds the cheap-first vector; without it (or with a constant
+    lambda, or where step 0 is not free) it stays with the constant fit's routing."""
+    from routing import fit_lambdas
+
+    def fit(evaluate: Callable[[np.ndarray, bool], tuple[float, float]], **kw: Any) -> Any:
+        params: dict[str, Any] = dict(n_steps=2, budget=6.0, lambda_scale=0.1, n_search=0,
+                                      rng=np.random.default_rng(0))
+        params.update(kw)
+        return fit_lambdas(evaluate, **params)
+
+    started = fit(_two_paths(6.0), cascade_start=True)
+    assert (started.quality, started.cost) == (1.0, 6.0)
+    assert started.lambdas[0] > 100.0 and started.lambdas[1] < 1.0
+    for kw in ({"cascade_start": False}, {"cascade_start": True, "strategy": "constant"},
+               {"cascade_start": True, "first_free_step": 1}, {"cascade_start": True, "n_steps": 1}):
+        plain = fit(_two_paths(6.0), **kw)
+        assert (plain.quality, plain.cost) == (0.5, 1.0), kw
+    # A cascade start that cannot keep the budget at any lambda leaves the constant fit in place.
+    unreachable = fit(_two_paths(7.0), cascade_start=True)
+    assert (unreachable.quality, unreachable.cost) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_with_two_models_the_cascade_start_is_the_optimal_cascade(seed: int) -> None:
+    """lambda_0 -> infinity and the later lambda bisected *is* the optimal cascade with two models, so
+    cascade routing's fit with the cascade start (no random search) is at least as good on validation as
+    the optimal cascade's and as its own fit without that start, at every budget between the models."""
+    from conftest import random_table
+
+    rng = np.random.default_rng(seed)
+    table, quality, cost = random_table(rng, 80, 2)
+    for budget in np.linspace(cost.mean(axis=0)[0], cost.mean(axis=0)[1], 6)[1:-1]:
+        optimal = OptimalCascade(max_expected_cost=float(budget)).fit(table, quality, cost)
+        plain = CascadeRouter(max_expected_cost=float(budget), n_search=0, cascade_start=False).fit(
+            table, quality, cost)
+        started = CascadeRouter(max_expected_cost=float(budget), n_search=0).fit(table, quality, cost)
+        assert started.fit_quality_ == pytest.approx(max(plain.fit_quality_, optimal.fit_quality_), abs=1e-12)
+        assert started.fit_cost_ <= budget * (1 + BUDGET_RTOL)
