@@ -44,7 +44,7 @@ def print_policy_choice(
         gains = {c["richer"]: c for c in e["comparisons"]}
         for i, name in enumerate(report["policies"]):
             label = name if name in report["candidates"] else f"{name} (baseline)"
-            served = _served(e) if name == e["chosen"] else ""
+            served = "served" if name == e["chosen"] else ""
             gain = gains.get(name)
             why = "" if gain is None else f"{_diff(gain['gain'])} over {gain['simpler']}"
             stats = e["policies"][name]
@@ -76,13 +76,7 @@ def print_policy_choice(
     if len(shown) < len(entries):
         console.print(f"{len(shown)} of {len(entries)} budgets shown; all are in the JSON")
     console.print(f"candidates, simplest first: {' < '.join(report['candidates'])}; a richer one serves only when "
-                  f"its validation gain's paired {level} bootstrap CI lies above 0, at the budget or averaged over "
-                  "all budgets (served (grid): that pooled walk chose it, and the budget's own validation mean does "
-                  "not favour the simpler)")
-    pooled = report.get("pooled")
-    if pooled is not None:
-        walk = "; ".join(f"{c['richer']} vs {c['simpler']} {_diff(c['gain'])}" for c in pooled["comparisons"])
-        console.print(f"over all budgets: {pooled['chosen']}" + (f" ({walk})" if walk else ""), markup=False)
+                  f"its validation gain's paired {level} bootstrap CI lies above 0")
     check = report["never_below_routing"]
     console.print(promise_line(report, cost_unit=cost_unit), style="green" if check["pass"] else "bold red",
                   markup=False)
@@ -94,10 +88,6 @@ def _rows_to_show(entries: list[dict[str, Any]], max_rows: int) -> list[dict[str
     keep = {int(i) for i in np.linspace(0, len(entries) - 1, max_rows).round()}
     keep |= {i for i, e in enumerate(entries) if e["below_routing"]}
     return [entries[i] for i in sorted(keep)]
-
-
-def _served(entry: dict[str, Any]) -> str:
-    return "served (grid)" if entry.get("chosen_by") == "pooled" else "served"
 
 
 def _diff(ci: dict[str, float]) -> str:

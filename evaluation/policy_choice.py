@@ -8,16 +8,8 @@ bootstrap CI of the richer one's mean gain over it lies above 0 (:func:`choose_p
 costs more to run and to trust (more estimates, more moving parts), so a gain the same queries could have
 shown by chance does not buy it.
 
-One budget's validation queries are often too few to show a real gain: 65 rows give no budget a CI above 0
-where the richer policy is 2-4 AUC points better on held-out queries (docs/routellm_results.md). The
-budgets of one fleet share their queries, so the same walk on each query's quality *averaged over the
-budgets* (:func:`choose_policy_pooled`) has far more power: it asks whether the richer policy is better
-on this fleet at all. A budget then serves the richer of its own choice and the pooled one, the pooled
-one only where the budget's own validation mean does not contradict it (:func:`serve_budget`). Either
-way a richer policy serves only on evidence beyond its noise.
-
 The rule reads nothing but per-query arrays, so it applies to any data; ``tests/evaluation/
-test_policy_choice.py`` pins ties, clear and noise-sized wins, the pooled walk, and determinism.
+test_policy_choice.py`` pins ties, clear and noise-sized wins, and determinism.
 """
 
 from __future__ import annotations
@@ -30,10 +22,7 @@ import numpy as np
 import scipy.stats
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = [
-    "CANDIDATES", "Comparison", "Gain", "PolicyChoice", "candidate_policies", "choose_policy", "choose_policy_pooled",
-    "paired_gain", "serve_budget",
-]
+__all__ = ["CANDIDATES", "Comparison", "Gain", "PolicyChoice", "candidate_policies", "choose_policy", "paired_gain"]
 
 FloatArray = NDArray[np.float64]
 
@@ -173,104 +162,6 @@ def choose_policy(
         if wins:
             chosen = richer
     return PolicyChoice(chosen=chosen, comparisons=tuple(comparisons), level=level)
-
-
-def choose_policy_pooled(
-    quality: Mapping[str, ArrayLike],
-    order: Sequence[str],
-    *,
-    level: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> PolicyChoice:
-    """:func:`choose_policy`'s walk on each query's quality averaged over the budgets of a grid.
-
-    Each comparison averages over the budgets both policies keep (finite rows), so the two sides are
-    paired by query and by budget; resampling queries keeps every budget of a query together.
-
-    Parameters
-    ----------
-    quality : mapping of str to array-like of shape (n_budgets, n_queries)
-        Per-query quality of every policy of ``order`` at every budget, on the same (validation) queries;
-        a row of NaN where the policy cannot keep that budget.
-    order : sequence of str
-        Policy names, simplest first; at least one.
-    level, n_resamples, seed
-        As :func:`choose_policy`.
-
-    Returns
-    -------
-    PolicyChoice
-        A comparison whose two policies share no budget is left out (the simpler one stays).
-    """
-    if len(order) == 0:
-        raise ValueError("order must name at least one policy")
-    missing = [name for name in order if name not in quality]
-    if missing:
-        raise ValueError(f"no per-query quality for {missing} (given: {sorted(quality)})")
-    grids = {name: _per_budget_query(quality[name], name) for name in order}
-    shapes = {g.shape for g in grids.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"every policy needs the same (n_budgets, n_queries) shape, got {sorted(shapes)}")
-    chosen = order[0]
-    comparisons = []
-    for richer in order[1:]:
-        both = _kept(grids[richer]) & _kept(grids[chosen])
-        if not both.any():
-            continue
-        gain = paired_gain(grids[richer][both].mean(axis=0), grids[chosen][both].mean(axis=0), level=level,
-                           n_resamples=n_resamples, seed=seed)
-        wins = gain.low > 0.0
-        comparisons.append(Comparison(richer=richer, simpler=chosen, gain=gain, wins=wins))
-        if wins:
-            chosen = richer
-    return PolicyChoice(chosen=chosen, comparisons=tuple(comparisons), level=level)
-
-
-def serve_budget(
-    own: PolicyChoice, pooled: PolicyChoice | None, quality: Mapping[str, ArrayLike], order: Sequence[str]
-) -> tuple[str, str]:
-    """The policy one budget serves, and which evidence chose it (``"budget"`` or ``"pooled"``).
-
-    The budget's own choice (:func:`choose_policy` on its queries) serves, unless the pooled choice is
-    richer, keeps this budget (it is in ``quality`` and ``order``), and its validation mean at this budget
-    is at least the own choice's: the pooled walk showed the richer policy better on this fleet beyond
-    its noise, and this budget's queries do not say otherwise.
-
-    Parameters
-    ----------
-    own : PolicyChoice
-        This budget's choice among ``order``.
-    pooled : PolicyChoice or None
-        :func:`choose_policy_pooled` over the grid (None: the budget's own choice serves).
-    quality : mapping of str to array-like of shape (n_queries,)
-        This budget's per-query validation quality of the policies of ``order``.
-    order : sequence of str
-        The candidates that keep this budget, simplest first.
-    """
-    if own.chosen not in order:
-        raise ValueError(f"the budget's choice {own.chosen!r} is not among {list(order)}")
-    if pooled is None or pooled.chosen not in order or order.index(pooled.chosen) <= order.index(own.chosen):
-        return own.chosen, "budget"
-    richer = _per_query(quality[pooled.chosen], pooled.chosen).mean()
-    if richer >= _per_query(quality[own.chosen], own.chosen).mean():
-        return pooled.chosen, "pooled"
-    return own.chosen, "budget"
-
-
-def _per_budget_query(x: ArrayLike, name: str) -> FloatArray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"{name} must be a non-empty (n_budgets, n_queries) array, got shape {arr.shape}")
-    kept = _kept(arr)
-    if not np.all(np.isfinite(arr[kept])):
-        raise ValueError(f"{name} contains non-finite values in a budget it keeps (a row is all NaN or all finite)")
-    return arr
-
-
-def _kept(grid: FloatArray) -> NDArray[np.bool_]:
-    """Budgets (rows) a policy keeps: not a row of NaN."""
-    return np.asarray(~np.all(np.isnan(grid), axis=1))
 
 
 def _per_query(x: ArrayLike, name: str) -> FloatArray:

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from evaluation.metrics import bootstrap_indices, bootstrap_means
-from evaluation.policy_choice import PolicyChoice, choose_policy, choose_policy_pooled, serve_budget
+from evaluation.policy_choice import choose_policy
 
 __all__ = ["PROMISE", "Outcomes", "policy_report"]
 
@@ -64,9 +64,8 @@ def policy_report(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Per budget, the policy chosen on validation (:func:`~evaluation.policy_choice.choose_policy` at the
-    budget, :func:`~evaluation.policy_choice.serve_budget` with the pooled walk) and the held-out evidence;
-    then the promise checked over every budget.
+    """Per budget, the policy chosen on validation (:func:`~evaluation.policy_choice.choose_policy`) and
+    the held-out evidence; then the promise checked over every budget.
 
     Parameters
     ----------
@@ -89,11 +88,10 @@ def policy_report(
     Returns
     -------
     dict
-        JSON-ready: ``pooled`` (the walk over all budgets, :func:`~evaluation.policy_choice.choose_policy_pooled`),
-        ``budgets`` (one entry per budget: ``chosen``, ``chosen_by`` (``"budget"`` or ``"pooled"``), the
-        budget's ``own_choice`` and validation ``comparisons``, and per policy its validation and test
-        quality and cost with paired test CIs ``vs_routing`` and ``vs_models``), ``models`` (test means),
-        and ``never_below_routing`` (``claim``, ``pass``, ``failed_budgets``).
+        JSON-ready: ``budgets`` (one entry per budget: ``chosen``, the validation ``comparisons``, and per
+        policy its validation and test quality and cost with paired test CIs ``vs_routing`` and
+        ``vs_models``), ``models`` (test means), and ``never_below_routing`` (``claim``, ``pass``,
+        ``failed_budgets``).
     """
     grid = np.asarray(budgets, dtype=np.float64).reshape(-1)
     mq, mc = np.asarray(model_quality, dtype=np.float64), np.asarray(model_cost, dtype=np.float64)
@@ -110,19 +108,14 @@ def policy_report(
                                  f"({grid.size}, {'n_validation' if n is None else n})")
     means = _test_means(test, mq, policies, grid.size, n_resamples, seed)
     tail = 50.0 * (1.0 - level)
-    pooled_order = [p for p in candidates if p in validation]
-    pooled = (choose_policy_pooled({p: validation[p].quality for p in pooled_order}, pooled_order, level=level,
-                                   n_resamples=n_resamples, seed=seed) if pooled_order else None)
     entries = []
     for b, budget in enumerate(grid):
         entries.append(_budget_entry(b, float(budget), validation, test, mq, models, candidates, means,
-                                     tail, pooled, level=level, n_resamples=n_resamples, seed=seed))
+                                     tail, level=level, n_resamples=n_resamples, seed=seed))
     failed = [e["budget"] for e in entries if e["below_routing"]]
     return {
-        "rule": (f"per budget, the simplest candidate unless a richer one's paired {100 * level:g}% bootstrap CI "
-                 "of its mean quality gain on validation lies above 0, at that budget or averaged over all "
-                 "budgets (the pooled choice, where that budget's validation mean does not favour the simpler)"),
-        "pooled": pooled.as_dict() if pooled is not None else None,
+        "rule": (f"the simplest candidate unless a richer one's paired {100 * level:g}% bootstrap CI of its "
+                 "mean quality gain on validation lies above 0"),
         "level": level,
         "n_resamples": n_resamples,
         "seed": seed,
@@ -163,15 +156,14 @@ def _ci(observed: float, samples: FloatArray, tail: float) -> dict[str, float]:
 
 def _budget_entry(
     b: int, budget: float, validation: Mapping[str, Outcomes], test: Mapping[str, Outcomes], mq: FloatArray,
-    models: Sequence[str], candidates: Sequence[str], means: _Means, tail: float, pooled: PolicyChoice | None, *,
-    level: float, n_resamples: int, seed: int,
+    models: Sequence[str], candidates: Sequence[str], means: _Means, tail: float, *, level: float,
+    n_resamples: int, seed: int,
 ) -> dict[str, Any]:
     """One budget: the choice among the candidates that keep it, and every policy's held-out evidence."""
     reachable = [p for p in validation if validation[p].reachable(b) and test[p].reachable(b)]
     order = [p for p in candidates if p in reachable]
-    on_validation = {p: validation[p].quality[b] for p in order}
-    choice = (choose_policy(on_validation, order, level=level, n_resamples=n_resamples, seed=seed)
-              if order else None)
+    choice = (choose_policy({p: validation[p].quality[b] for p in order}, order, level=level,
+                            n_resamples=n_resamples, seed=seed) if order else None)
     routing_ok = "routing" in reachable
     per_policy: dict[str, Any] = {}
     for p in validation:
@@ -192,8 +184,7 @@ def _budget_entry(
             entry["vs_routing"] = _ci(float((q_test - q_routing).mean()),
                                       means.policy[p][:, b] - means.policy["routing"][:, b], tail)
         per_policy[p] = entry
-    chosen, chosen_by = (serve_budget(choice, pooled, on_validation, order) if choice is not None
-                         else (None, None))
+    chosen = choice.chosen if choice is not None else None
     vs_routing = None
     if chosen is not None and routing_ok:
         vs_routing = (per_policy[chosen]["vs_routing"] if chosen != "routing"
@@ -201,9 +192,6 @@ def _budget_entry(
     return {
         "budget": budget,
         "chosen": chosen,
-        # "budget": this budget's own comparisons chose it; "pooled": the walk over every budget did.
-        "chosen_by": chosen_by,
-        "own_choice": choice.chosen if choice is not None else None,
         "comparisons": [c.as_dict() for c in choice.comparisons] if choice is not None else [],
         "policies": per_policy,
         "chosen_vs_routing": vs_routing,

@@ -1,19 +1,11 @@
-"""The served policy's rule: the simplest policy unless a richer one wins on validation by more than its noise,
-at the budget or averaged over the budgets."""
+"""The served policy's rule: the simplest policy unless a richer one wins on validation by more than its noise."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from evaluation.policy_choice import (
-    PolicyChoice,
-    candidate_policies,
-    choose_policy,
-    choose_policy_pooled,
-    paired_gain,
-    serve_budget,
-)
+from evaluation.policy_choice import candidate_policies, choose_policy, paired_gain
 
 ORDER = ("routing", "optimal_cascade", "cascade_routing")
 
@@ -107,75 +99,3 @@ def test_candidates_are_the_chain_up_to_the_fleet_files_policy() -> None:
     assert candidate_policies("routing") == ("routing",)
     with pytest.raises(ValueError, match="unknown policy"):
         candidate_policies("cascade")  # the API's name: callers map it with routing.core_policy_name
-
-
-def _budgets(rng: np.random.Generator, n_budgets: int, n: int, gain: float) -> tuple[np.ndarray, np.ndarray]:
-    """Routing and a richer policy over a grid: the richer one fixes ``gain`` of routing's misses at each
-    budget, on draws independent across budgets."""
-    routing = (rng.random((n_budgets, n)) < 0.5).astype(float)
-    richer = np.where(rng.random((n_budgets, n)) < gain, 1.0, routing)
-    return routing, richer
-
-
-def test_a_gain_too_small_for_any_one_budget_wins_over_the_grid() -> None:
-    """60 queries, 10 budgets, the richer policy fixes 8 % of routing's misses everywhere: no budget alone
-    shows it beyond its noise, their average over the grid does."""
-    routing, richer = _budgets(np.random.default_rng(11), 10, 60, 0.08)
-    order = ("routing", "cascade_routing")
-    own = [choose_policy({"routing": routing[b], "cascade_routing": richer[b]}, order).chosen for b in range(10)]
-    assert own.count("routing") >= 8
-    pooled = choose_policy_pooled({"routing": routing, "cascade_routing": richer}, order)
-    assert pooled.chosen == "cascade_routing"
-    [comparison] = pooled.comparisons
-    assert comparison.gain.mean == pytest.approx(float((richer - routing).mean()))
-
-
-def test_the_pooled_walk_keeps_the_simpler_policy_on_ties_and_skips_budgets_out_of_reach() -> None:
-    """The cascade keeps only the last two budgets (rows of NaN before) and equals routing there: a tie.
-    Cascade routing loses clearly: routing stays."""
-    rng = np.random.default_rng(12)
-    routing = (rng.random((4, 200)) < 0.5).astype(float)
-    cascade = routing.copy()
-    cascade[:2] = np.nan
-    worse = np.where(rng.random((4, 200)) < 0.3, 0.0, routing)
-    pooled = choose_policy_pooled({"routing": routing, "optimal_cascade": cascade, "cascade_routing": worse}, ORDER)
-    assert pooled.chosen == "routing"
-    assert [(c.richer, c.wins) for c in pooled.comparisons] == [("optimal_cascade", False), ("cascade_routing", False)]
-    assert pooled.comparisons[0].gain.mean == 0.0
-    # A policy that keeps no budget the current choice keeps is not compared at all.
-    never = np.full((4, 200), np.nan)
-    assert choose_policy_pooled({"routing": routing, "cascade_routing": never}, ("routing", "cascade_routing")
-                                ).comparisons == ()
-
-
-def test_the_pooled_walk_refuses_ragged_or_partly_missing_grids() -> None:
-    with pytest.raises(ValueError, match="same"):
-        choose_policy_pooled({"routing": np.ones((2, 3)), "cascade_routing": np.ones((3, 3))},
-                             ("routing", "cascade_routing"))
-    half = np.ones((2, 3))
-    half[0, 1] = np.nan
-    with pytest.raises(ValueError, match="non-finite"):
-        choose_policy_pooled({"routing": half}, ("routing",))
-    with pytest.raises(ValueError, match=r"\(n_budgets, n_queries\)"):
-        choose_policy_pooled({"routing": np.ones(3)}, ("routing",))
-    with pytest.raises(ValueError, match="at least one policy"):
-        choose_policy_pooled({"routing": np.ones((1, 3))}, ())
-
-
-def test_a_budget_serves_the_pooled_choice_unless_its_own_queries_favour_the_simpler() -> None:
-    own = PolicyChoice(chosen="routing", comparisons=(), level=0.95)
-    pooled = PolicyChoice(chosen="cascade_routing", comparisons=(), level=0.95)
-    routing = np.array([1.0, 0.0, 1.0, 0.0])
-    assert serve_budget(own, pooled, {"routing": routing, "cascade_routing": routing}, ORDER) == (
-        "cascade_routing", "pooled")  # a tie does not contradict the grid's evidence
-    lower = np.array([1.0, 0.0, 0.0, 0.0])
-    assert serve_budget(own, pooled, {"routing": routing, "cascade_routing": lower}, ORDER) == ("routing", "budget")
-    # The pooled choice out of this budget's reach, no pooled choice, or a simpler pooled choice: its own.
-    assert serve_budget(own, pooled, {"routing": routing}, ("routing",)) == ("routing", "budget")
-    assert serve_budget(own, None, {"routing": routing}, ORDER) == ("routing", "budget")
-    richer_own = PolicyChoice(chosen="cascade_routing", comparisons=(), level=0.95)
-    simpler = PolicyChoice(chosen="optimal_cascade", comparisons=(), level=0.95)
-    assert serve_budget(richer_own, simpler, {"cascade_routing": lower, "optimal_cascade": routing}, ORDER) == (
-        "cascade_routing", "budget")
-    with pytest.raises(ValueError, match="not among"):
-        serve_budget(richer_own, None, {"routing": routing}, ("routing",))

@@ -34,8 +34,7 @@ def _outcomes(rows: list[np.ndarray]) -> Outcomes:
     return Outcomes(quality=q, cost=np.where(np.isnan(q), np.nan, 0.01))
 
 
-def _report(world: dict[str, np.ndarray], test_cr: list[np.ndarray] | None = None,
-            val_cr_first: np.ndarray | None = None) -> dict:
+def _report(world: dict[str, np.ndarray], test_cr: list[np.ndarray] | None = None) -> dict:
     validation, test = {}, {}
     for side, store in (("val", validation), ("test", test)):
         routing, better = world[f"{side}_routing"], world[f"{side}_better"]
@@ -43,8 +42,7 @@ def _report(world: dict[str, np.ndarray], test_cr: list[np.ndarray] | None = Non
         store["routing"] = _outcomes([routing, routing])
         store["threshold_cascade"] = _outcomes([better, better])  # reported, never a candidate
         store["optimal_cascade"] = _outcomes([nan, routing])  # cannot keep the first budget
-        first = val_cr_first if side == "val" and val_cr_first is not None else routing
-        store["cascade_routing"] = _outcomes([first, better])
+        store["cascade_routing"] = _outcomes([routing, better])
     if test_cr is not None:
         test["cascade_routing"] = _outcomes(test_cr)
     model_q = world["test_models"]
@@ -52,18 +50,11 @@ def _report(world: dict[str, np.ndarray], test_cr: list[np.ndarray] | None = Non
 
 
 def test_the_choice_per_budget_and_its_held_out_evidence() -> None:
-    world = _world()
-    # At the first budget cascade routing misses 3 of routing's right answers on validation: that
-    # budget's own queries favour routing, so it serves although the grid as a whole favours cascade
-    # routing (next test). A clear win serves cascade routing. The threshold cascade wins too, but the
-    # fleet never serves it here.
-    slightly_worse = world["val_routing"].copy()
-    slightly_worse[np.flatnonzero(slightly_worse == 1.0)[:3]] = 0.0
-    report = _report(world, val_cr_first=slightly_worse)
+    report = _report(_world())
     first, second = report["budgets"]
+    # A tie keeps routing; a clear win serves cascade routing. The threshold cascade wins too, but the
+    # fleet never serves it here.
     assert (first["chosen"], second["chosen"]) == ("routing", "cascade_routing")
-    assert (first["chosen_by"], first["own_choice"]) == ("budget", "routing")
-    assert report["pooled"]["chosen"] == "cascade_routing"
     assert first["policies"]["optimal_cascade"] is None  # out of reach: sits the budget out
     assert [c["richer"] for c in first["comparisons"]] == ["cascade_routing"]
     assert [(c["richer"], c["simpler"], c["wins"]) for c in second["comparisons"]] == [
@@ -80,19 +71,6 @@ def test_the_choice_per_budget_and_its_held_out_evidence() -> None:
     assert report["never_below_routing"] == {"claim": PROMISE, "pass": True, "failed_budgets": [], "n_budgets": 2}
     assert report["models"]["small"]["quality"] == pytest.approx(_world()["test_routing"].mean())
     json.dumps(report)  # JSON-ready, as calibration.json stores it
-
-
-def test_a_tie_at_one_budget_serves_the_policy_the_whole_grid_chose() -> None:
-    """Cascade routing ties routing exactly at the first budget and wins clearly at the second: averaged
-    over both it wins beyond its noise, and the tie does not contradict that."""
-    report = _report(_world())
-    first, second = report["budgets"]
-    assert [c["wins"] for c in first["comparisons"]] == [False]
-    assert (first["own_choice"], first["chosen"], first["chosen_by"]) == ("routing", "cascade_routing", "pooled")
-    assert (second["chosen"], second["chosen_by"]) == ("cascade_routing", "budget")
-    [comparison] = [c for c in report["pooled"]["comparisons"] if c["richer"] == "cascade_routing"]
-    assert comparison["wins"] and comparison["gain"]["low"] > 0
-    assert first["chosen_vs_routing"] == {"mean": 0.0, "low": 0.0, "high": 0.0}  # the same answers on test
 
 
 def test_the_promise_fails_where_the_chosen_policy_is_below_routing_on_held_out_prompts() -> None:
