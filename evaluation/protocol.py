@@ -122,7 +122,7 @@ class ProtocolSettings:
     # as the reference; "pooled": one slope for every model (docs/routerbench_results.md says why not by
     # default). Trained estimators ignore it.
     calibration_shrinkage: str = "empirical_bayes"
-    # Cascade routing's per-step lambda search may also start from "cheapest model first"
+    # With two models cascade routing's per-step lambda search may also start from the optimal cascade
     # (routing._lambda_search); False: the paper's search, from the constant fit only.
     cascade_start: bool = True
 

@@ -67,7 +67,7 @@ class Policy(ABC):
     seed: int
     # Steps whose multiplier has no effect (a cascade always runs its first model).
     _first_free_step = 0
-    # The per-step search may also start from "cheapest model first" (routing._lambda_search).
+    # With two models the per-step search may also start from the optimal cascade (routing._lambda_search).
     cascade_start: bool = False
     # decide()'s tie-break generator when the caller gives none (created on first use).
     _rng: np.random.Generator | None = None
@@ -169,7 +169,9 @@ class Policy(ABC):
             strategy=self.strategy,
             first_free_step=self._first_free_step,
             n_search=self.n_search,
-            cascade_start=self.cascade_start,
+            # Only with two models is "cheapest first, then one lambda" the optimal cascade; with more it
+            # is one cascade among many, picked on in-sample quality (docs/routellm_results.md).
+            cascade_start=self.cascade_start and n_models == 2,
             rng=np.random.default_rng(self.seed),
         )
         self.n_models_ = n_models

@@ -212,9 +212,11 @@ class CascadeRouter(_SupermodelPolicy):
     n_search : int
         Evaluations of the per-step search.
     cascade_start : bool, default True
-        The per-step search may also start from the cascade start (the cheapest model first, the later
-        steps' lambda fitted to the budget) and keeps it when validation quality is higher
-        (``routing._lambda_search``); False: only from the constant fit, as the paper.
+        With two models, the per-step search may also start from the cascade start (the cheapest model
+        first, the later step's lambda fitted to the budget: the optimal cascade) and keeps it when
+        validation quality is higher (``routing._lambda_search``), so the fit contains the optimal
+        cascade's. With more models it is not the optimal cascade and is not tried. False: only from the
+        constant fit, as the paper.
     tie_tol : float
         Scores closer than this are ties.
     n_qmc_points : int

@@ -14,7 +14,8 @@ cost (``routing._simulate.rollout``). Strategies:
   models that vector *is* the optimal cascade, and a local search from the router-like constant fit
   rarely reaches it (lambda_0 must grow by orders of magnitude while the others stay put). The start
   with the higher validation quality within budget seeds the local search, so the fit can only gain
-  validation quality from it.
+  validation quality from it. ``CascadeRouter`` asks for it with two models only: with more, cheapest
+  first is one cascade among many, and choosing it on the same rows that score it lost held-out quality.
 
 Budget checks are ``cost <= budget`` everywhere, up to one ulp of summation order (the reference
 mixes < and <=, spec §8 item 6).

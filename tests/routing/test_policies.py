@@ -613,3 +613,13 @@ def test_with_two_models_the_cascade_start_is_the_optimal_cascade(seed: int) -> 
         started = CascadeRouter(max_expected_cost=float(budget), n_search=0).fit(table, quality, cost)
         assert started.fit_quality_ == pytest.approx(max(plain.fit_quality_, optimal.fit_quality_), abs=1e-12)
         assert started.fit_cost_ <= budget * (1 + BUDGET_RTOL)
+
+
+def test_with_more_than_two_models_the_cascade_start_is_not_tried(make_table) -> None:
+    """Cheapest-first is the optimal cascade only with two models; with three the fit is the paper's."""
+    table, quality, cost = make_table(np.random.default_rng(3), 80, 3)
+    budget = float(cost.mean(axis=0)[1])
+    fits = [CascadeRouter(max_expected_cost=budget, n_search=8, cascade_start=flag).fit(table, quality, cost)
+            for flag in (True, False)]
+    assert fits[0].n_fit_evaluations_ == fits[1].n_fit_evaluations_
+    np.testing.assert_array_equal(fits[0].lambdas_, fits[1].lambdas_)
