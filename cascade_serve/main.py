@@ -126,10 +126,12 @@ def _build_parser() -> argparse.ArgumentParser:
                     "(default); a number >= 0 fixes it (1: as the estimators state it, 0: no uncertainty)")
     rb.add_argument("--budget-margin", type=_margin_se, default=DEFAULT_BUDGET_MARGIN_SE, metavar="SE",
                     help=_MARGIN_HELP.format(default=DEFAULT_BUDGET_MARGIN_SE))
-    rb.add_argument("--calibration-shrinkage", choices=["none", "empirical_bayes", "pooled"], default=None,
-                    help="simulated estimators' per-model calibration: empirical_bayes pulls each model's slope "
-                    "toward the pooled one by how noisy it is, none fits each model alone, pooled gives every "
-                    "model one slope (default: the protocol's, evaluation.protocol.ProtocolSettings)")
+    rb.add_argument("--calibration-shrinkage", default=None,
+                    choices=["measurement", "empirical_bayes", "none", "pooled"],
+                    help="simulated estimators' per-model calibration: measurement fits one signal scale and noise "
+                    "variance for every model and derives each model's slope from its own quality variance, "
+                    "empirical_bayes pulls each model's slope toward the pooled one by how noisy it is, none fits "
+                    "each model alone, pooled gives every model one slope (default: the protocol's, measurement)")
     rb.add_argument("--strategy", choices=["per_step", "constant"], default="per_step",
                     help="lambda fitting: per-step search or one constant lambda (default per_step)")
     rb.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10, the paper's)")

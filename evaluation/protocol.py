@@ -56,7 +56,7 @@ from evaluation.metrics import (
 from evaluation.policy_choice import CANDIDATES
 from evaluation.policy_report import Outcomes, policy_report
 from evaluation.routerbench import MODEL_SETS
-from evaluation.simulated import draw_noise, simulated_estimates
+from evaluation.simulated import SHRINKAGE, draw_noise, simulated_estimates
 from routing import (
     CONSTANT_LAMBDA_POLICIES,
     DEFAULT_BUDGET_MARGIN_SE,
@@ -86,7 +86,7 @@ _VALIDATION_STREAM = 1_000
 
 METHODS = CONSTANT_LAMBDA_POLICIES
 ESTIMATORS = ("simulated", "trained")
-CALIBRATION_SHRINKAGE = ("none", "empirical_bayes", "pooled")
+CALIBRATION_SHRINKAGE = SHRINKAGE
 
 
 class _SplittableSource(EstimateSource, Protocol):
@@ -117,11 +117,12 @@ class ProtocolSettings:
     # Every lambda fit keeps the validation mean cost plus this many standard errors of it within the
     # budget (routing._budget_margin): the budget's sampling error on few validation rows. 0: the paper's fit.
     budget_margin_se: float = DEFAULT_BUDGET_MARGIN_SE
-    # Simulated estimators' per-model calibration: "empirical_bayes" pulls each model's slope toward the
-    # pooled slope by how noisy it is (evaluation.simulated.shrink_toward_pooled); "none": per model alone,
-    # as the reference; "pooled": one slope for every model (docs/routerbench_results.md says why not by
-    # default). Trained estimators ignore it.
-    calibration_shrinkage: str = "empirical_bayes"
+    # Simulated estimators' per-model calibration: "measurement" derives every model's slope from one
+    # measurement model of the signals (one signal scale and noise variance for every model, each model's
+    # own quality variance; evaluation.simulated.measurement_slopes); "empirical_bayes" pulls each model's
+    # slope toward the pooled slope by how noisy it is; "none": per model alone, as the reference; "pooled":
+    # one slope for every model (docs/routerbench_results.md compares them). Trained estimators ignore it.
+    calibration_shrinkage: str = "measurement"
     # With two models cascade routing's per-step lambda search may also start from the optimal cascade
     # (routing._lambda_search); False: the paper's search, from the constant fit only.
     cascade_start: bool = True

@@ -34,12 +34,17 @@ __all__ = [
     "NoiseLevel",
     "NoisySignals",
     "PerModelLinearCalibrator",
+    "SHRINKAGE",
     "draw_noise",
+    "measurement_slopes",
     "shrink_toward_pooled",
     "simulated_estimates",
 ]
 
 FloatArray = NDArray[np.float64]
+
+# How the per-model calibration lines share strength (PerModelLinearCalibrator's ``shrinkage``).
+SHRINKAGE = ("none", "empirical_bayes", "pooled", "measurement")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +160,11 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
     ----------
     fit_intercept : bool, default=True
         Whether each line has an intercept. Without one, lines go through the origin.
-    shrinkage : {"none", "empirical_bayes", "pooled"}, default="none"
-        ``"pooled"`` gives every column the pooled slope (one slope for every column, each keeping its own
-        intercept). ``"empirical_bayes"`` pulls each column's slope toward the pooled slope by how noisy its
-        own slope is: weight
+    shrinkage : {"none", "empirical_bayes", "pooled", "measurement"}, default="none"
+        ``"measurement"`` derives every column's slope from one measurement model of the signals shared by
+        all columns (:func:`measurement_slopes`). ``"pooled"`` gives every column the pooled slope (one slope
+        for every column, each keeping its own intercept). ``"empirical_bayes"`` pulls each column's slope
+        toward the pooled slope by how noisy its own slope is: weight
         ``tau² / (tau² + v_j)`` on the column's least-squares slope, where ``v_j`` is that slope's sampling
         variance and ``tau²`` the spread of the true slopes across columns, estimated by the method of
         moments. Few rows (large ``v_j``) give the pooled slope, many rows each column's own (see
@@ -237,8 +243,11 @@ class PerModelLinearCalibrator(RegressorMixin, BaseEstimator):  # type: ignore[m
             if ok.any():
                 coef[ok] = _pooled_slope(sxx, sxy, ok)
                 weight[ok] = 0.0
+        elif self.shrinkage == "measurement":
+            coef = measurement_slopes(x_arr, y2, fit_intercept=bool(self.fit_intercept))
+            weight = np.zeros(k)
         elif self.shrinkage != "none":
-            raise ValueError(f"shrinkage must be 'none', 'empirical_bayes' or 'pooled', got {self.shrinkage!r}")
+            raise ValueError(f"shrinkage must be one of {list(SHRINKAGE)}, got {self.shrinkage!r}")
         self.coef_ = coef
         self.shrink_weight_ = weight
         self.intercept_ = y_mean - coef * x_mean
@@ -305,6 +314,49 @@ def shrink_toward_pooled(
     return slopes, weights
 
 
+def measurement_slopes(x: FloatArray, y: FloatArray, *, fit_intercept: bool = True) -> FloatArray:
+    """Calibration slopes from one measurement model shared by every column.
+
+    Model: column ``j``'s signal is ``x_j = a_j + beta * y_j + e`` with noise ``e`` of variance ``sigma²``
+    independent of ``y_j``, the same ``beta`` and ``sigma²`` for every column (one estimator, one noise
+    scale, whatever the model), while the targets' variances ``v_j`` differ (a 0/1 quality's variance is
+    p(1 - p), so models of different accuracy need different slopes). The least-squares slope of ``y_j``
+    on ``x_j`` then tends to ``beta v_j / (beta² v_j + sigma²)`` (the attenuation, or reliability, of a
+    signal measured with error). ``beta`` and ``sigma²`` come from the pooled regression of the signals
+    on the targets (within columns), ``v_j`` from column ``j``'s targets alone: with a few dozen rows a
+    column's own slope fits its noise's chance correlation with the target (it can even come out
+    negative), where these three moments stay close to their values.
+
+    Parameters
+    ----------
+    x, y : ndarray of shape (n_samples, n_columns)
+        Signals and targets.
+    fit_intercept : bool
+        Centre each column first (each keeps its own intercept); otherwise raw second moments.
+
+    Returns
+    -------
+    ndarray of shape (n_columns,)
+        0 for a column whose targets do not vary (it predicts their mean) and everywhere when the pooled
+        targets do not vary or no residual degree of freedom is left.
+    """
+    n, k = x.shape
+    xc = x - x.mean(axis=0) if fit_intercept else x
+    yc = y - y.mean(axis=0) if fit_intercept else y
+    syy = np.einsum("ij,ij->j", yc, yc)
+    total = float(syy.sum())
+    dof = n * k - (k if fit_intercept else 0) - 1
+    slopes = np.zeros(k)
+    if total <= 0.0 or dof < 1:
+        return slopes
+    beta = float(np.einsum("ij,ij->", xc, yc)) / total
+    sigma2 = float(np.sum((xc - beta * yc) ** 2)) / dof
+    v = syy / n
+    denom = beta**2 * v + sigma2
+    np.divide(beta * v, denom, out=slopes, where=denom > 0)
+    return slopes
+
+
 def _pooled_slope(sxx: FloatArray, sxy: FloatArray, ok: NDArray[np.bool_]) -> float:
     """One least-squares slope for every column with a signal (within-column sums, so each keeps its mean)."""
     return float(sxy[ok].sum() / sxx[ok].sum())
@@ -338,8 +390,8 @@ def simulated_estimates(
         leak of algorithm-spec §8 item 9.
     post_var : float, default=1e-6
         Variance of every post-hoc quality estimate (the answer is known).
-    shrinkage : {"none", "empirical_bayes", "pooled"}, default="none"
-        Of the per-model slopes toward the pooled slope (:class:`PerModelLinearCalibrator`).
+    shrinkage : {"none", "empirical_bayes", "pooled", "measurement"}, default="none"
+        How the per-model slopes share strength (:class:`PerModelLinearCalibrator`).
 
     Returns
     -------

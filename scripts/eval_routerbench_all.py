@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="protocol worker processes (default 2)")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples (default 500)")
     parser.add_argument("--per-segment", type=int, default=10, help="budgets per hull segment (default 10)")
-    parser.add_argument("--calibration-shrinkage", choices=["none", "empirical_bayes", "pooled"], default=None,
+    parser.add_argument("--calibration-shrinkage", default=None,
+                        choices=["measurement", "empirical_bayes", "none", "pooled"],
                         help="simulated estimators' per-model calibration (default: the protocol's)")
     args = parser.parse_args(argv)
 

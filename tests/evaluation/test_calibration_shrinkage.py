@@ -1,4 +1,5 @@
-"""Empirical-Bayes shrinkage of the per-model calibration: pooled with few rows, per model with many."""
+"""How the per-model calibration lines share strength: empirical Bayes (pooled with few rows, per model with
+many), one pooled slope, and one measurement model shared by every model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from evaluation.protocol import ProtocolSettings
-from evaluation.simulated import PerModelLinearCalibrator, shrink_toward_pooled
+from evaluation.simulated import PerModelLinearCalibrator, measurement_slopes, shrink_toward_pooled
 
 SLOPES = np.array([0.2, 0.5, 0.9])
 
@@ -85,6 +86,61 @@ def test_an_unknown_shrinkage_is_refused() -> None:
         PerModelLinearCalibrator(shrinkage="ridge").fit(x, y)
     with pytest.raises(ValueError, match="calibration_shrinkage"):
         ProtocolSettings(calibration_shrinkage="ridge")
+
+
+ACCURACY = np.array([0.55, 0.75, 0.92])
+
+
+def _measured(n: int, seed: int, sigma: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 qualities of three models of different accuracy and one noisy signal of each: the truth plus
+    Gaussian noise of one scale, as the simulated estimators draw them."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < ACCURACY).astype(float)
+    return y + rng.normal(0.0, sigma, (n, 3)), y
+
+
+def test_the_measurement_model_gives_each_model_its_attenuated_slope() -> None:
+    """Many rows: the slopes are p(1-p) / (p(1-p) + sigma²), different per model, and agree with each
+    model's own least-squares line, which "pooled" (one slope) cannot."""
+    x, y = _measured(400_000, seed=6)
+    v = ACCURACY * (1 - ACCURACY)
+    expected = v / (v + 1.44)
+    fitted = PerModelLinearCalibrator(shrinkage="measurement").fit(x, y)
+    np.testing.assert_allclose(fitted.coef_, expected, rtol=0.03)
+    np.testing.assert_allclose(fitted.coef_, PerModelLinearCalibrator().fit(x, y).coef_, rtol=0.05)
+    assert np.ptp(PerModelLinearCalibrator(shrinkage="pooled").fit(x, y).coef_) == 0.0
+    np.testing.assert_allclose(fitted.shrink_weight_, 0.0)
+    np.testing.assert_allclose(fitted.predict(x).mean(axis=0), y.mean(axis=0), atol=1e-12)
+    assert ProtocolSettings(calibration_shrinkage="measurement").calibration_shrinkage == "measurement"
+
+
+def test_with_few_rows_the_measurement_model_keeps_every_slope_positive_and_closer_to_the_truth() -> None:
+    """31 rows, as at test size 0.99: a model's own line often fits its noise's chance correlation with
+    the target, now and then with a negative slope; the shared model never does, and misses the true
+    slopes by less on average."""
+    v = ACCURACY * (1 - ACCURACY)
+    truth = v / (v + 1.44)
+    own_err, shared_err, own_negative = [], [], 0
+    for seed in range(200):
+        x, y = _measured(31, seed=100 + seed)
+        own = PerModelLinearCalibrator().fit(x, y).coef_
+        shared = measurement_slopes(x, y)
+        assert np.all(shared >= 0.0)
+        own_negative += int(np.any(own < 0))
+        own_err.append(np.abs(own - truth).mean())
+        shared_err.append(np.abs(shared - truth).mean())
+    assert own_negative > 10
+    assert np.mean(shared_err) < 0.75 * np.mean(own_err)
+
+
+def test_the_measurement_model_leaves_constant_targets_at_their_mean() -> None:
+    x, y = _measured(40, seed=7)
+    y[:, 2] = 1.0  # the model was right on every row
+    fitted = PerModelLinearCalibrator(shrinkage="measurement").fit(x, y)
+    assert fitted.coef_[2] == 0.0 and np.all(fitted.coef_[:2] > 0.0)
+    np.testing.assert_allclose(fitted.predict(x)[:, 2], 1.0)
+    np.testing.assert_array_equal(measurement_slopes(x, np.ones_like(y)), np.zeros(3))
+    np.testing.assert_array_equal(measurement_slopes(x[:1], y[:1]), np.zeros(3))  # no degree of freedom left
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("inf"), True, "1"])
