@@ -3,7 +3,7 @@
 Per (model set, noise level, seed): sort models by cost; split 5% validation / 95% test
 (``train_test_split(test_size=0.95, random_state=42)``; ``test_size`` sets the share); draw the estimator
 noise once for all rows and calibrate on the validation rows only (spec §8 item 9), each model's slope
-shrunk toward the pooled one by how noisy it is (``calibration_shrinkage``); fit the factor on the
+from one measurement model of the signals shared by every model (``calibration_shrinkage``); fit the factor on the
 estimators' uncertainty on the validation rows (``routing.fit_uncertainty_scale``,
 ``docs/uncertainty_scale.md``) and apply it to validation and test estimates; build the budget grid from
 the test averages of the single models (10 per hull segment, §5.4); fit every method at every budget on
