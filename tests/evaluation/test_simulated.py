@@ -63,7 +63,8 @@ def _expected_failed_checks(estimator):
     return dict.fromkeys(_PAIRED_SHAPE_CHECKS, _PAIRED_SHAPES)
 
 
-@parametrize_with_checks([PerModelLinearCalibrator()], expected_failed_checks=_expected_failed_checks)
+@parametrize_with_checks([PerModelLinearCalibrator(), PerModelLinearCalibrator(shrinkage="measurement")],
+                         expected_failed_checks=_expected_failed_checks)
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
 
