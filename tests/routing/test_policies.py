@@ -598,14 +598,12 @@ def test_the_lambda_search_can_start_from_the_cascade() -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_with_two_models_the_cascade_start_is_the_optimal_cascade(seed: int) -> None:
+def test_with_two_models_the_cascade_start_is_the_optimal_cascade(seed: int, make_table) -> None:
     """lambda_0 -> infinity and the later lambda bisected *is* the optimal cascade with two models, so
     cascade routing's fit with the cascade start (no random search) is at least as good on validation as
     the optimal cascade's and as its own fit without that start, at every budget between the models."""
-    from conftest import random_table
-
     rng = np.random.default_rng(seed)
-    table, quality, cost = random_table(rng, 80, 2)
+    table, quality, cost = make_table(rng, 80, 2)
     for budget in np.linspace(cost.mean(axis=0)[0], cost.mean(axis=0)[1], 6)[1:-1]:
         optimal = OptimalCascade(max_expected_cost=float(budget)).fit(table, quality, cost)
         plain = CascadeRouter(max_expected_cost=float(budget), n_search=0, cascade_start=False).fit(
