@@ -178,3 +178,20 @@ def test_eval_routerbench_cr_cell_is_the_interval_only(tmp_path: Path, capsys: p
     assert f"{result['auc']['cascade_routing']:.2f}" in row
     assert f"[{ci['low']:.2f}, {ci['high']:.2f}]" in row
     assert row.count(".") == 3  # the AUC and the two ends of the interval
+
+
+
+def test_the_cli_offers_exactly_the_protocols_calibration_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI lists the choices literally (importing evaluation.simulated would load scikit-learn at every
+    start), so this keeps the two lists equal: each protocol choice parses, and the refusal names them all."""
+    from cascade_serve.main import _build_parser
+    from evaluation.simulated import SHRINKAGE
+
+    parser = _build_parser()
+    for choice in SHRINKAGE:
+        args = parser.parse_args(["eval", "routerbench", "--calibration-shrinkage", choice])
+        assert args.calibration_shrinkage == choice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "routerbench", "--calibration-shrinkage", "ridge"])
+    listed = capsys.readouterr().err.split("choose from", 1)[1]
+    assert sorted(c.strip(" '\n)") for c in listed.split(",")) == sorted(SHRINKAGE)

@@ -188,3 +188,14 @@ def test_bench_load_level_counts_accepted_shed_and_other_answers() -> None:
     assert level["accepted"] > 0 and level["shed"] > 0 and set(level["other"]) == {"500"}
     assert level["retry_after"] == ["1"] and 0 < level["shed_rate"] < 1
     assert level["accepted_p50_ms"] <= level["accepted_p99_ms"]
+
+
+def test_eval_routerbench_all_offers_exactly_the_protocols_calibration_choices(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its choices are listed literally (the module imports the protocol lazily); the refusal names them all."""
+    from evaluation.simulated import SHRINKAGE
+
+    with pytest.raises(SystemExit):
+        eval_routerbench_all.main(["--calibration-shrinkage", "ridge"])
+    listed = capsys.readouterr().err.split("choose from", 1)[1]
+    assert sorted(c.strip(" '\n)") for c in listed.split(",")) == sorted(SHRINKAGE)
